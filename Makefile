@@ -1,0 +1,27 @@
+# libra-d2: two commands do everything on a fresh machine.
+#   make demo   set up .venv, generate the built-in dataset, train + evaluate Libra R-CNN on CPU
+#   make test   set up .venv, run the test suite
+SHELL := /bin/bash
+PY := .venv/bin/python
+DEMO_CONFIG ?= configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml
+DEMO_OUT ?= output/demo
+
+.PHONY: setup demo test lint bench clean
+
+setup:
+	@bash tools/setup_env.sh
+
+demo: setup
+	$(PY) tools/run_demo.py --config-file $(DEMO_CONFIG) --output-dir $(DEMO_OUT)
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(PY) -m ruff check libra_d2 tests tools benchmarks train_net.py
+
+bench: setup
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
+
+clean:
+	rm -rf output build *.egg-info

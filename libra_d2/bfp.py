@@ -1,0 +1,204 @@
+"""Balanced Feature Pyramid (Libra R-CNN, feature level) and the FPN backbones using it."""
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from detectron2.modeling.backbone import BACKBONE_REGISTRY
+from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
+from detectron2.modeling.backbone.resnet import build_resnet_backbone
+from torch import nn
+
+from .config import LibraConfigError, validate_libra_config
+
+__all__ = ["BFP", "NonLocal2d", "ConvRefine", "BFPFPN", "build_resnet_bfp_backbone", "build_retinanet_resnet_bfp_backbone"]
+
+REFINE_TYPES = ("non_local", "conv", "none")
+
+
+def _has_sdpa_scale() -> bool:
+    import inspect
+
+    fn = getattr(F, "scaled_dot_product_attention", None)
+    if fn is None:
+        return False
+    try:
+        return "scale" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins without a signature: scale exists since torch 2.1
+        return True
+
+
+class NonLocal2d(nn.Module):
+    """Embedded-Gaussian non-local block, ``C`` inter channels, no 1/sqrt(C) scaling.
+
+    ``out = x + conv_out(softmax(theta(x)^T phi(x)) g(x))``, attention over all H*W
+    positions. ``theta``, ``phi``, ``g``, ``conv_out`` are 1x1 convs with bias; theta/phi/g
+    start as N(0, 0.01) and ``conv_out`` at zero, so the block starts as the identity.
+
+    ``use_sdpa=True`` (default) computes the attention with
+    ``F.scaled_dot_product_attention(scale=1.0)`` on contiguous [B, 1, HW, C] tensors so
+    memory-efficient (flash) kernels are used where the device has them, on CPU too: memory
+    stays linear in H*W. ``use_sdpa=False`` materialises the HW x HW matrix (for export or
+    old torch).
+    """
+
+    def __init__(self, channels: int, use_sdpa: bool = True):
+        super().__init__()
+        self.theta = nn.Conv2d(channels, channels, 1)
+        self.phi = nn.Conv2d(channels, channels, 1)
+        self.g = nn.Conv2d(channels, channels, 1)
+        self.conv_out = nn.Conv2d(channels, channels, 1)
+        self.use_sdpa = use_sdpa and _has_sdpa_scale()
+        for m in (self.theta, self.phi, self.g):
+            nn.init.normal_(m.weight, std=0.01)
+            nn.init.zeros_(m.bias)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        # [B, C, H, W] -> contiguous [B, 1, HW, C] (the layout the fused kernels need)
+        q = self.theta(x).flatten(2).transpose(1, 2).contiguous()
+        k = self.phi(x).flatten(2).transpose(1, 2).contiguous()
+        v = self.g(x).flatten(2).transpose(1, 2).contiguous()
+        if self.use_sdpa:
+            y = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=1.0).squeeze(1)
+        else:
+            y = torch.softmax(torch.bmm(q, k.transpose(1, 2)), dim=-1).bmm(v)
+        y = y.transpose(1, 2).reshape(b, c, h, w)
+        return x + self.conv_out(y)
+
+
+class ConvRefine(nn.Module):
+    """3x3 conv (with bias) + ReLU, the "conv" refinement."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        nn.init.kaiming_uniform_(self.conv.weight, a=1)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x):
+        return F.relu(self.conv(x))
+
+
+class BFP(nn.Module):
+    """Balanced Feature Pyramid: gather, refine, scatter (residual).
+
+    Input/output: a list of L tensors [B, C, H_l, W_l] (finest first); outputs have the
+    input shapes. With refine level r:
+
+    1. levels l < r are adaptive-max-pooled to level r's size, levels l >= r
+       nearest-resized to it, and the L maps averaged (the balanced semantic feature);
+    2. the average is refined: ``"non_local"`` (:class:`NonLocal2d`), ``"conv"``
+       (:class:`ConvRefine`) or ``"none"``;
+    3. the refined map is nearest-upsampled to levels l < r, adaptive-max-pooled to levels
+       l >= r, and added to each input level.
+    """
+
+    def __init__(self, channels: int, num_levels: int, refine_level: int = 2, refine_type: str = "non_local"):
+        super().__init__()
+        if not 0 <= refine_level < num_levels:
+            raise ValueError(f"BFP refine_level={refine_level} is outside the pyramid: allowed 0..{num_levels - 1}")
+        if refine_type not in REFINE_TYPES:
+            raise ValueError(f"BFP refine_type={refine_type!r}: allowed {REFINE_TYPES}")
+        self.channels = channels
+        self.num_levels = num_levels
+        self.refine_level = refine_level
+        self.refine_type = refine_type
+        if refine_type == "non_local":
+            self.refine = NonLocal2d(channels)
+        elif refine_type == "conv":
+            self.refine = ConvRefine(channels)
+        else:
+            self.refine = nn.Identity()
+
+    def forward(self, feats: List[torch.Tensor]) -> List[torch.Tensor]:
+        if len(feats) != self.num_levels:
+            raise ValueError(f"BFP expects {self.num_levels} levels, got {len(feats)}")
+        r = self.refine_level
+        size = feats[r].shape[-2:]
+        bsf = None
+        for i, f in enumerate(feats):
+            if i < r:
+                g = F.adaptive_max_pool2d(f, size)
+            elif i == r:
+                g = f
+            else:
+                g = F.interpolate(f, size=size, mode="nearest")
+            bsf = g if bsf is None else bsf + g
+        bsf = self.refine(bsf / self.num_levels)
+        outs = []
+        for i, f in enumerate(feats):
+            if i < r:
+                res = F.interpolate(bsf, size=f.shape[-2:], mode="nearest")
+            elif i == r:
+                res = bsf
+            else:
+                res = F.adaptive_max_pool2d(bsf, f.shape[-2:])
+            outs.append(f + res)
+        return outs
+
+
+class BFPFPN(FPN):
+    """Detectron2's FPN followed by a :class:`BFP` over all of its outputs.
+
+    Output names, strides, channels, ``size_divisibility`` and the FPN's state-dict names are
+    stock FPN's (the BFP adds keys under ``bfp.``), so detectron2 FPN checkpoints load.
+    """
+
+    def __init__(self, *args, refine_level: int = 2, refine_type: str = "non_local", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bfp = BFP(self._out_feature_channels[self._out_features[0]], len(self._out_features), refine_level, refine_type)
+
+    def forward(self, x):
+        results = super().forward(x)
+        outs = self.bfp([results[f] for f in self._out_features])
+        return dict(zip(self._out_features, outs))
+
+
+def _bfp_args(cfg, num_levels, names):
+    validate_libra_config(cfg)
+    r = cfg.MODEL.BFP.REFINE_LEVEL
+    if not 0 <= r < num_levels:
+        raise LibraConfigError(
+            f"MODEL.BFP.REFINE_LEVEL = {r} is invalid: allowed 0..{num_levels - 1} "
+            f"(an index into the pyramid levels {', '.join(names)})"
+        )
+    return dict(refine_level=r, refine_type=cfg.MODEL.BFP.REFINE_TYPE)
+
+
+def _num_levels(cfg, extra):
+    return len(cfg.MODEL.FPN.IN_FEATURES) + extra
+
+
+@BACKBONE_REGISTRY.register()
+def build_resnet_bfp_backbone(cfg, input_shape):
+    """ResNet + FPN (p2..p6 with a max-pooled p6) + BFP. Refine level: MODEL.BFP.REFINE_LEVEL."""
+    bottom_up = build_resnet_backbone(cfg, input_shape)
+    names = [f"p{int(f[-1])}" for f in cfg.MODEL.FPN.IN_FEATURES] + ["(max-pool level)"]
+    return BFPFPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelMaxPool(),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+        **_bfp_args(cfg, _num_levels(cfg, 1), names),
+    )
+
+
+@BACKBONE_REGISTRY.register()
+def build_retinanet_resnet_bfp_backbone(cfg, input_shape):
+    """ResNet + FPN (p3..p7, P6/P7 from res5) + BFP. Libra RetinaNet uses REFINE_LEVEL 1 (p4)."""
+    bottom_up = build_resnet_backbone(cfg, input_shape)
+    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
+    names = [f"p{int(f[-1])}" for f in cfg.MODEL.FPN.IN_FEATURES] + ["(P6)", "(P7)"]
+    return BFPFPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=out_channels,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelP6P7(bottom_up.output_shape()["res5"].channels, out_channels),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+        **_bfp_args(cfg, _num_levels(cfg, 2), names),
+    )

@@ -1,0 +1,136 @@
+"""Config keys added by libra-d2, with defaults, and their validation.
+
+Every key lives under ``MODEL.LIBRA`` or ``MODEL.BFP``; "balanced_l1" becomes a valid value
+of ``MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE``, ``MODEL.RPN.BBOX_REG_LOSS_TYPE`` and
+``MODEL.RETINANET.BBOX_REG_LOSS_TYPE`` for the libra-d2 components.
+"""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_libra_config", "validate_libra_config", "LibraConfigError"]
+
+POS_SAMPLERS = ("instance_balanced", "random")
+NEG_SAMPLERS = ("iou_balanced", "random")
+NEG_BIN_UPPERS = ("max_iou", "bg_thresh")
+REFINE_TYPES = ("non_local", "conv", "none")
+
+
+class LibraConfigError(ValueError):
+    """A libra-d2 config value is out of range. The message names key, value and range."""
+
+
+def add_libra_config(cfg):
+    """Add every libra-d2 key with its default to ``cfg`` (a detectron2 CfgNode), in place."""
+    _C = cfg
+    _C.MODEL.LIBRA = CN()
+    # Positive sampler of the box head: "instance_balanced" (equal quota per ground-truth
+    # box) or "random" (detectron2's uniform sampling).
+    _C.MODEL.LIBRA.POS_SAMPLER = "instance_balanced"
+    # Negative sampler of the box head: "iou_balanced" (equal quota per IoU bin) or "random".
+    _C.MODEL.LIBRA.NEG_SAMPLER = "iou_balanced"
+    # Negatives with max IoU below this value form the "floor" set, sampled apart.
+    # -1: no floor set, the bins start at 0. 0: IoU == 0 negatives are the floor set.
+    _C.MODEL.LIBRA.FLOOR_THRESH = -1.0
+    # Share of the negatives drawn from the floor set, in [0, 1].
+    _C.MODEL.LIBRA.FLOOR_FRACTION = 0.0
+    # Number of equal IoU bins for the negatives (>= 1).
+    _C.MODEL.LIBRA.NUM_BINS = 3
+    # Top edge of the bins: "max_iou" (largest IoU of any proposal of the image: the
+    # reference implementation) or "bg_thresh" (ROI_HEADS.IOU_THRESHOLDS[0]: the paper).
+    _C.MODEL.LIBRA.NEG_BIN_UPPER = "max_iou"
+    # Balanced L1 loss parameters for the box head (alpha, gamma, beta > 0).
+    _C.MODEL.LIBRA.BALANCED_L1 = CN()
+    _C.MODEL.LIBRA.BALANCED_L1.ALPHA = 0.5
+    _C.MODEL.LIBRA.BALANCED_L1.GAMMA = 1.5
+    _C.MODEL.LIBRA.BALANCED_L1.BETA = 1.0
+    # Balanced L1 parameters for the RPN when MODEL.RPN.BBOX_REG_LOSS_TYPE is "balanced_l1".
+    _C.MODEL.LIBRA.RPN_BALANCED_L1 = CN()
+    _C.MODEL.LIBRA.RPN_BALANCED_L1.ALPHA = 0.5
+    _C.MODEL.LIBRA.RPN_BALANCED_L1.GAMMA = 1.5
+    _C.MODEL.LIBRA.RPN_BALANCED_L1.BETA = 1.0
+    # Balanced L1 parameters for RetinaNet (the reference uses beta 0.11).
+    _C.MODEL.LIBRA.RETINANET_BALANCED_L1 = CN()
+    _C.MODEL.LIBRA.RETINANET_BALANCED_L1.ALPHA = 0.5
+    _C.MODEL.LIBRA.RETINANET_BALANCED_L1.GAMMA = 1.5
+    _C.MODEL.LIBRA.RETINANET_BALANCED_L1.BETA = 0.11
+    # LibraRPN: at most this many negative anchors per positive anchor of an image
+    # (max(1, #positives) * UB). -1 disables the cap (detectron2's behaviour).
+    _C.MODEL.LIBRA.RPN_NEG_POS_UB = -1.0
+
+    _C.MODEL.BFP = CN()
+    # Pyramid level (index into the FPN outputs) the levels are gathered to: 2 = p4 of
+    # p2..p6. Libra RetinaNet configs (p3..p7) set 1, which is p4 there as well.
+    _C.MODEL.BFP.REFINE_LEVEL = 2
+    # Refinement of the balanced feature: "non_local", "conv" or "none".
+    _C.MODEL.BFP.REFINE_TYPE = "non_local"
+    return cfg
+
+
+def _fail(key, value, allowed):
+    raise LibraConfigError(f"{key} = {value!r} is invalid: allowed {allowed}")
+
+
+def _check_choice(cfg, key, choices):
+    value = _get(cfg, key)
+    if value not in choices:
+        _fail(key, value, "one of " + ", ".join(repr(c) for c in choices))
+
+
+def _check_number(cfg, key, lo=None, hi=None, lo_open=False, integer=False):
+    value = _get(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(key, value, "a number")
+    if integer and int(value) != value:
+        _fail(key, value, "an integer")
+    bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
+    bad_hi = hi is not None and value > hi
+    if bad_lo or bad_hi or value != value:
+        left = "(" if lo_open else "["
+        _fail(key, value, f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]")
+
+
+def _get(cfg, key):
+    node = cfg
+    for part in key.split("."):
+        if part not in node:
+            raise LibraConfigError(
+                f"{key} is missing from the config: call libra_d2.add_libra_config(cfg) "
+                "before merging a libra-d2 config file"
+            )
+        node = node[part]
+    return node
+
+
+def validate_libra_config(cfg):
+    """Check every libra-d2 key; raise :class:`LibraConfigError` naming key, value and range.
+
+    Called when a libra-d2 component is built, and by train_net.py before training.
+    """
+    _check_choice(cfg, "MODEL.LIBRA.POS_SAMPLER", POS_SAMPLERS)
+    _check_choice(cfg, "MODEL.LIBRA.NEG_SAMPLER", NEG_SAMPLERS)
+    ft = _get(cfg, "MODEL.LIBRA.FLOOR_THRESH")
+    _check_number(cfg, "MODEL.LIBRA.FLOOR_THRESH", lo=-1.0, hi=1.0)
+    if ft != -1 and ft < 0:
+        _fail("MODEL.LIBRA.FLOOR_THRESH", ft, "-1 (no floor set) or a value in [0, 1]")
+    _check_number(cfg, "MODEL.LIBRA.FLOOR_FRACTION", lo=0.0, hi=1.0)
+    _check_number(cfg, "MODEL.LIBRA.NUM_BINS", lo=1, integer=True)
+    _check_choice(cfg, "MODEL.LIBRA.NEG_BIN_UPPER", NEG_BIN_UPPERS)
+    for node in ("BALANCED_L1", "RPN_BALANCED_L1", "RETINANET_BALANCED_L1"):
+        for p in ("ALPHA", "GAMMA", "BETA"):
+            _check_number(cfg, f"MODEL.LIBRA.{node}.{p}", lo=0.0, lo_open=True)
+    ub = _get(cfg, "MODEL.LIBRA.RPN_NEG_POS_UB")
+    _check_number(cfg, "MODEL.LIBRA.RPN_NEG_POS_UB", lo=-1.0)
+    if ub != -1 and ub < 0:
+        _fail("MODEL.LIBRA.RPN_NEG_POS_UB", ub, "-1 (off) or a value >= 0")
+    _check_number(cfg, "MODEL.BFP.REFINE_LEVEL", lo=0, integer=True)
+    _check_choice(cfg, "MODEL.BFP.REFINE_TYPE", REFINE_TYPES)
+    if cfg.MODEL.LIBRA.NEG_BIN_UPPER == "bg_thresh":
+        bg = cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0]
+        lo = max(float(cfg.MODEL.LIBRA.FLOOR_THRESH), 0.0)
+        if bg <= lo:
+            _fail(
+                "MODEL.LIBRA.NEG_BIN_UPPER",
+                "bg_thresh",
+                f"only when ROI_HEADS.IOU_THRESHOLDS[0] ({bg}) > the bins' lower edge "
+                f"max(FLOOR_THRESH, 0) ({lo})",
+            )
+    return cfg

@@ -1,0 +1,55 @@
+"""LibraRetinaNet: RetinaNet whose box loss can be Balanced L1 (use with the BFP backbone)."""
+import torch
+from detectron2.config import configurable
+from detectron2.modeling.meta_arch import META_ARCH_REGISTRY
+from detectron2.modeling.meta_arch.retinanet import RetinaNet
+
+from .config import validate_libra_config
+from .losses import balanced_l1_loss
+
+__all__ = ["LibraRetinaNet"]
+
+
+@META_ARCH_REGISTRY.register()
+class LibraRetinaNet(RetinaNet):
+    """RetinaNet with ``MODEL.RETINANET.BBOX_REG_LOSS_TYPE: balanced_l1``.
+
+    The Balanced L1 loss (``MODEL.LIBRA.RETINANET_BALANCED_L1``, reference beta 0.11) is
+    summed over the foreground anchors' deltas and divided by detectron2's RetinaNet
+    normaliser (the moving average of the number of foreground anchors), exactly where
+    detectron2 divides its own box loss. Libra RetinaNet = this + the
+    ``build_retinanet_resnet_bfp_backbone`` backbone (see configs). Other loss types are
+    detectron2's.
+    """
+
+    @configurable
+    def __init__(self, *args, balanced_l1=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.balanced_l1 = balanced_l1
+
+    @classmethod
+    def from_config(cls, cfg):
+        validate_libra_config(cfg)
+        use_bl1 = cfg.MODEL.RETINANET.BBOX_REG_LOSS_TYPE == "balanced_l1"
+        if use_bl1:
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.MODEL.RETINANET.BBOX_REG_LOSS_TYPE = "smooth_l1"  # the parent's part, replaced below
+        ret = super().from_config(cfg)
+        p = cfg.MODEL.LIBRA.RETINANET_BALANCED_L1
+        ret["balanced_l1"] = dict(alpha=p.ALPHA, gamma=p.GAMMA, beta=p.BETA) if use_bl1 else None
+        return ret
+
+    def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes):
+        losses = super().losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
+        if self.balanced_l1 is None:
+            return losses
+        normalizer = self.loss_normalizer  # updated by the parent call for this batch
+        labels = torch.stack(gt_labels)
+        pos_mask = (labels >= 0) & (labels != self.num_classes)
+        anchors = type(anchors[0]).cat(anchors).tensor
+        gt_deltas = torch.stack([self.box2box_transform.get_deltas(anchors, g) for g in gt_boxes])
+        pred = torch.cat(pred_anchor_deltas, dim=1)
+        loss = balanced_l1_loss(pred[pos_mask], gt_deltas[pos_mask], reduction="sum", **self.balanced_l1)
+        losses["loss_box_reg"] = loss / normalizer
+        return losses

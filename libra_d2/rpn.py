@@ -1,0 +1,80 @@
+"""LibraRPN: detectron2's RPN with a per-image negative cap and optional Balanced L1."""
+import torch
+from detectron2.config import configurable
+from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY
+from detectron2.modeling.proposal_generator.rpn import RPN
+
+from .config import validate_libra_config
+from .losses import balanced_l1_loss
+from .sampling import random_subset_mask
+
+__all__ = ["LibraRPN", "cap_negatives"]
+
+
+def cap_negatives(label: torch.Tensor, batch_size: int, positive_fraction: float, neg_pos_ub: float, generator=None):
+    """Uniformly subsample anchor labels (1 pos, 0 neg, -1 ignore) in place, detectron2-style,
+    but with at most ``int(neg_pos_ub * max(1, #sampled positives))`` negatives when
+    ``neg_pos_ub >= 0``. Returns ``label``."""
+    pos = label == 1
+    neg = label == 0
+    pos_mask = random_subset_mask(pos, int(batch_size * positive_fraction), generator)
+    num_pos = pos_mask.sum()
+    num_neg = batch_size - num_pos
+    if neg_pos_ub >= 0:
+        num_neg = torch.minimum(num_neg, torch.floor(neg_pos_ub * num_pos.clamp(min=1).double()).long())
+    neg_mask = random_subset_mask(neg, num_neg, generator)
+    label.fill_(-1)
+    label[pos_mask] = 1
+    label[neg_mask] = 0
+    return label
+
+
+@PROPOSAL_GENERATOR_REGISTRY.register()
+class LibraRPN(RPN):
+    """RPN with Libra R-CNN's options.
+
+    * ``MODEL.LIBRA.RPN_NEG_POS_UB``: per image, at most UB negative anchors per sampled
+      positive (``max(1, #pos) * UB``); -1 keeps detectron2's sampling exactly.
+    * ``MODEL.RPN.BBOX_REG_LOSS_TYPE: balanced_l1``: Balanced L1 on the anchor deltas with
+      ``MODEL.LIBRA.RPN_BALANCED_L1``, normalised like detectron2's RPN (by
+      BATCH_SIZE_PER_IMAGE * #images) and scaled by its loss weight.
+    """
+
+    @configurable
+    def __init__(self, *args, neg_pos_ub: float = -1.0, balanced_l1=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.neg_pos_ub = float(neg_pos_ub)
+        self.balanced_l1 = balanced_l1  # None or dict(alpha, gamma, beta)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        validate_libra_config(cfg)
+        use_bl1 = cfg.MODEL.RPN.BBOX_REG_LOSS_TYPE == "balanced_l1"
+        if use_bl1:
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.MODEL.RPN.BBOX_REG_LOSS_TYPE = "smooth_l1"  # the parent's part, replaced below
+        ret = super().from_config(cfg, input_shape)
+        p = cfg.MODEL.LIBRA.RPN_BALANCED_L1
+        ret["neg_pos_ub"] = cfg.MODEL.LIBRA.RPN_NEG_POS_UB
+        ret["balanced_l1"] = dict(alpha=p.ALPHA, gamma=p.GAMMA, beta=p.BETA) if use_bl1 else None
+        return ret
+
+    def _subsample_labels(self, label):
+        if self.neg_pos_ub < 0:
+            return super()._subsample_labels(label)
+        return cap_negatives(label, self.batch_size_per_image, self.positive_fraction, self.neg_pos_ub)
+
+    def losses(self, anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes):
+        losses = super().losses(anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes)
+        if self.balanced_l1 is None:
+            return losses
+        num_images = len(gt_labels)
+        pos_mask = torch.stack(gt_labels) == 1
+        anchors = type(anchors[0]).cat(anchors).tensor
+        gt_deltas = torch.stack([self.box2box_transform.get_deltas(anchors, g) for g in gt_boxes])
+        pred = torch.cat(pred_anchor_deltas, dim=1)
+        loc = balanced_l1_loss(pred[pos_mask], gt_deltas[pos_mask], reduction="sum", **self.balanced_l1)
+        weight = getattr(self, "loss_weight", {}).get("loss_rpn_loc", 1.0)
+        losses["loss_rpn_loc"] = loc / (self.batch_size_per_image * num_images) * weight
+        return losses

@@ -1,0 +1,245 @@
+"""Libra R-CNN samplers as pure, vectorized torch functions (no nn.Module, no cfg).
+
+Both samplers work on the proposals of one image and run entirely on the input's device:
+no Python loop over proposals, ground-truth boxes or bins, no host round trip until the
+final index extraction (``torch.nonzero``). "Take k at random from a set" is implemented
+by ranking the set's members in a random permutation and keeping the ranks below k, so
+every quota and fill of the specification becomes a mask comparison. The mask-returning
+variants (``*_mask``) accept the number to sample as a 0-d tensor too, which lets a caller
+avoid even that one synchronisation.
+
+Semantics (see DESIGN.md section 2.1):
+
+* ``sample_instance_balanced_positives``: if there are more positives than ``num``, each of
+  the G ground-truth boxes matched by positives gets ``q = round(num / G) + 1`` (Python's
+  half-to-even round) random positives (all of them if it has fewer); a shortfall is filled
+  with random positives not yet taken, an excess trimmed to a random ``num``.
+* ``sample_iou_balanced_negatives``: floor set / IoU set split by ``floor_thresh``;
+  ``n_iou = int(num * (1 - floor_fraction))`` drawn from the IoU set, ``int(n_iou / K)`` from
+  each of K equal half-open bins over ``[max(floor_thresh, 0), upper)``, then filled up to
+  ``n_iou`` from the IoU set; the rest from the floor set; any shortfall from the remaining
+  negatives.
+
+The two random stages use independent permutations, so "fill with random members not yet
+taken" is uniform over those members (re-using the first permutation would bias the fill
+against the bins whose quota was reached early).
+"""
+from typing import Optional, Union
+
+import torch
+
+__all__ = [
+    "sample_iou_balanced_negatives",
+    "sample_instance_balanced_positives",
+    "iou_balanced_negatives_mask",
+    "instance_balanced_positives_mask",
+    "random_subset_mask",
+]
+
+Num = Union[int, torch.Tensor]
+
+
+def _randperm(n: int, device, generator: Optional[torch.Generator]) -> torch.Tensor:
+    return torch.randperm(n, device=device, generator=generator)
+
+
+def _scatter_back(perm: torch.Tensor, mask_in_perm: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(mask_in_perm)
+    out[perm] = mask_in_perm
+    return out
+
+
+def _check_1d(name, t, n=None):
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
+    if n is not None and t.numel() != n:
+        raise ValueError(f"{name} has {t.numel()} entries, expected {n}")
+
+
+def random_subset_mask(candidates: torch.Tensor, num: Num, generator=None) -> torch.Tensor:
+    """bool[N]: a uniformly random subset of ``candidates`` of size min(num, #candidates)."""
+    n = candidates.numel()
+    perm = _randperm(n, candidates.device, generator)
+    c = candidates[perm]
+    rank = torch.cumsum(c, 0)  # 1-based rank among members
+    return _scatter_back(perm, c & (rank <= num))
+
+
+def instance_balanced_positives_mask(
+    matched_gt: torch.Tensor, candidates: torch.Tensor, num: Num, generator=None
+) -> torch.Tensor:
+    """Mask version of :func:`sample_instance_balanced_positives` (``num`` may be a tensor)."""
+    n = candidates.numel()
+    device = candidates.device
+    if n == 0:
+        return candidates.clone()
+    # Stage 1: per ground-truth quota. Sort by (gt, random position) with one int64 key;
+    # a member's rank inside its gt group is its sorted position minus the group start.
+    perm = _randperm(n, device, generator)
+    gt = matched_gt.to(torch.int64).clamp(min=0)
+    # Non-candidates get the largest int64 key so they sort after every group (no host
+    # read of the largest gt index needed).
+    pos_in_perm = torch.empty_like(perm)
+    pos_in_perm[perm] = torch.arange(n, device=device)
+    key = gt * n + pos_in_perm
+    key = torch.where(candidates, key, torch.full_like(key, torch.iinfo(torch.int64).max))
+    sorted_key, order = torch.sort(key)
+    sorted_gt = torch.div(sorted_key, n, rounding_mode="floor")
+    group_start = torch.searchsorted(sorted_gt, sorted_gt)  # first index of each value
+    rank_sorted = torch.arange(n, device=device) - group_start
+    valid_sorted = candidates[order]
+    num_groups = (valid_sorted & (rank_sorted == 0)).sum()
+    num_t = torch.as_tensor(num, device=device, dtype=torch.float64)
+    quota = torch.round(num_t / num_groups.clamp(min=1).to(torch.float64)) + 1
+    tier0 = torch.zeros_like(candidates)
+    tier0[order] = valid_sorted & (rank_sorted < quota)
+
+    # Stage 2 (independent permutation): trim tier0 to a random `num`, or fill the
+    # shortfall with random positives not yet taken.
+    perm2 = _randperm(n, device, generator)
+    t0 = tier0[perm2]
+    rest = candidates[perm2] & ~t0
+    ranks = torch.cumsum(torch.stack([t0, rest], dim=1), dim=0)  # 1-based
+    c0 = ranks[-1, 0]
+    num_i = torch.as_tensor(num, device=device)
+    keep = (t0 & (ranks[:, 0] <= num_i)) | (rest & (ranks[:, 1] <= num_i - c0))
+    return _scatter_back(perm2, keep)
+
+
+def iou_balanced_negatives_mask(
+    max_iou: torch.Tensor,
+    candidates: torch.Tensor,
+    num: Num,
+    *,
+    num_bins: int = 3,
+    floor_thresh: float = -1.0,
+    floor_fraction: float = 0.0,
+    upper: Optional[Union[float, torch.Tensor]] = None,
+    generator=None,
+) -> torch.Tensor:
+    """Mask version of :func:`sample_iou_balanced_negatives` (``num`` may be a tensor)."""
+    n = candidates.numel()
+    device = candidates.device
+    if n == 0:
+        return candidates.clone()
+    k = int(num_bins)
+    if floor_thresh > 0:
+        iou_set = candidates & (max_iou >= floor_thresh)
+    elif floor_thresh == 0:
+        iou_set = candidates & (max_iou > 0)
+    else:
+        iou_set = candidates
+    floor_set = candidates & ~iou_set
+
+    num_t = torch.as_tensor(num, device=device)
+    n_iou = torch.floor(num_t.to(torch.float64) * (1.0 - float(floor_fraction))).to(torch.int64)
+
+    perm = _randperm(n, device, generator)
+    if k > 1:
+        iou_p = max_iou[perm]
+        lo = max(float(floor_thresh), 0.0)
+        hi = iou_p.max() if upper is None else torch.as_tensor(upper, dtype=iou_p.dtype, device=device)
+        width = (hi - lo) / k
+        # bin i is [lo + i * width, lo + (i + 1) * width); compare against the same edges
+        # the specification states instead of dividing, so edge values land exactly.
+        edges = lo + torch.arange(1, k, device=device, dtype=iou_p.dtype) * width
+        b = torch.bucketize(iou_p, edges, right=True)
+        in_bin = iou_set[perm] & (iou_p >= lo) & (iou_p < hi)
+        onehot = (b.unsqueeze(1) == torch.arange(k, device=device)) & in_bin.unsqueeze(1)
+        rank = torch.cumsum(onehot, dim=0).gather(1, b.unsqueeze(1)).squeeze(1)  # 1-based
+        quota = torch.div(n_iou, k, rounding_mode="floor")
+        tier0 = _scatter_back(perm, in_bin & (rank <= quota))
+    else:
+        tier0 = torch.zeros_like(candidates)
+
+    perm2 = _randperm(n, device, generator)
+    t0 = tier0[perm2]
+    rest = iou_set[perm2] & ~t0
+    flo = floor_set[perm2]
+    ranks = torch.cumsum(torch.stack([t0, rest, flo], dim=1), dim=0)  # 1-based
+    c0, n_rest, n_floor = ranks[-1, 0], ranks[-1, 1], ranks[-1, 2]
+    c1 = torch.minimum((n_iou - c0).clamp(min=0), n_rest)
+    take_floor = torch.minimum(n_floor, (num_t - c0 - c1).clamp(min=0))
+    extra = (num_t - c0 - c1 - take_floor).clamp(min=0)
+    keep = t0 | (rest & (ranks[:, 1] <= c1 + extra)) | (flo & (ranks[:, 2] <= take_floor))
+    return _scatter_back(perm2, keep)
+
+
+def sample_iou_balanced_negatives(
+    max_iou: torch.Tensor,
+    candidates: torch.Tensor,
+    num: int,
+    *,
+    num_bins: int = 3,
+    floor_thresh: float = -1.0,
+    floor_fraction: float = 0.0,
+    upper: Optional[float] = None,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """IoU-balanced sampling of negatives for one image.
+
+    Args:
+        max_iou: float[N], largest IoU of each proposal with any ground-truth box (0 when
+            the image has none), for *every* proposal of the image (positives included:
+            the default top bin edge is ``max_iou.max()``).
+        candidates: bool[N], the negatives.
+        num: how many to sample.
+        num_bins: K >= 1 equal IoU bins.
+        floor_thresh: -1 (no floor set), 0 (IoU == 0 is the floor) or t > 0 (IoU < t).
+        floor_fraction: share of ``num`` reserved for the floor set, in [0, 1].
+        upper: top edge of the bins; None means ``max_iou.max()``.
+        generator: torch.Generator on the inputs' device, for repeatable draws.
+
+    Returns:
+        int64 indices into [0, N), no repeats, ``min(num, candidates.sum())`` of them,
+        ascending.
+    """
+    _check_1d("max_iou", max_iou)
+    _check_1d("candidates", candidates, max_iou.numel())
+    if num_bins < 1:
+        raise ValueError(f"num_bins must be >= 1, got {num_bins}")
+    if not (floor_thresh == -1 or 0 <= floor_thresh <= 1):
+        raise ValueError(f"floor_thresh must be -1 or in [0, 1], got {floor_thresh}")
+    if not 0 <= floor_fraction <= 1:
+        raise ValueError(f"floor_fraction must be in [0, 1], got {floor_fraction}")
+    if num < 0:
+        raise ValueError(f"num must be >= 0, got {num}")
+    mask = iou_balanced_negatives_mask(
+        max_iou,
+        candidates.bool(),
+        num,
+        num_bins=num_bins,
+        floor_thresh=floor_thresh,
+        floor_fraction=floor_fraction,
+        upper=upper,
+        generator=generator,
+    )
+    return torch.nonzero(mask).squeeze(1)
+
+
+def sample_instance_balanced_positives(
+    matched_gt: torch.Tensor,
+    candidates: torch.Tensor,
+    num: int,
+    *,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """Instance-balanced sampling of positives for one image.
+
+    Args:
+        matched_gt: int64[N], index of the ground-truth box each proposal is matched to
+            (any value for non-candidates).
+        candidates: bool[N], the positives.
+        num: how many to sample.
+        generator: torch.Generator on the inputs' device, for repeatable draws.
+
+    Returns:
+        int64 indices into [0, N), no repeats, ``min(num, candidates.sum())`` of them,
+        ascending.
+    """
+    _check_1d("matched_gt", matched_gt)
+    _check_1d("candidates", candidates, matched_gt.numel())
+    if num < 0:
+        raise ValueError(f"num must be >= 0, got {num}")
+    mask = instance_balanced_positives_mask(matched_gt, candidates.bool(), num, generator=generator)
+    return torch.nonzero(mask).squeeze(1)

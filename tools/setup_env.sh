@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install everything libra-d2 needs into it.
+# Safe to re-run: a stamp file records a finished set-up for the current set-up files,
+# so a second run only checks that the key imports still work (a few seconds).
+#
+# Environment knobs:
+#   PYTHON       interpreter used to create the venv (default: python3)
+#   VENV         venv folder (default: .venv in the repository root)
+#   TORCH_SPEC   what to install when no working torch is found in the venv
+#                (default: the pair this project is tested with)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-$ROOT/.venv}
+TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
+PY="$VENV/bin/python"
+PIP="$PY -m pip --disable-pip-version-check"
+say() { echo "[setup] $*"; }
+
+stamp_key=$(cat setup.cfg pyproject.toml tools/setup_env.sh tools/install_detectron2.py | sha256sum | cut -c1-16)
+STAMP="$VENV/.libra_d2_setup_$stamp_key"
+
+if [[ -f $STAMP ]] && "$PY" -c "import torch, torchvision, detectron2, libra_d2" >/dev/null 2>&1; then
+  say "environment in $VENV is up to date (delete $STAMP to force a re-check)"
+  exit 0
+fi
+
+if [[ ! -x $PY ]]; then
+  say "creating virtual environment $VENV with $PYTHON"
+  "$PYTHON" -m venv "$VENV"
+fi
+
+if "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then
+  say "torch: keeping the installed $("$PY" -c 'import torch, torchvision; print("torch", torch.__version__, "/ torchvision", torchvision.__version__)')"
+else
+  say "torch: none found in the venv; installing $TORCH_SPEC (set TORCH_SPEC to choose another build)"
+  # shellcheck disable=SC2086
+  $PIP install $TORCH_SPEC
+fi
+
+# detectron2: keep an importable one; otherwise build the Python part of v0.6.
+CONSTRAINTS="$VENV/libra_d2_constraints.txt"
+if "$PY" -c "import detectron2" >/dev/null 2>&1 && [[ ! -f $CONSTRAINTS ]]; then
+  say "detectron2: keeping the installed $("$PY" -c 'import detectron2; print(detectron2.__version__, "at", detectron2.__path__[0])')"
+  : > "$CONSTRAINTS"
+elif [[ -f $CONSTRAINTS ]] && "$PY" -c "import detectron2" >/dev/null 2>&1; then
+  say "detectron2: already installed by an earlier set-up"
+else
+  say "detectron2: not importable; building the Python part of detectron2 0.6 from the PyPI sdist pb1-detectron2==0.6"
+  say "  (pins numpy<1.24, Pillow<10, setuptools<82 in this venv: detectron2 0.6 needs them)"
+  printf 'numpy<1.24\nPillow<10\nsetuptools<82\n' > "$CONSTRAINTS"
+  $PIP install -c "$CONSTRAINTS" "numpy<1.24" "Pillow<10" "setuptools>=64,<82" wheel
+  "$PY" tools/install_detectron2.py --constraints "$CONSTRAINTS" --workdir "$VENV/src"
+fi
+
+say "libra-d2: installing the package in editable mode with its dev extras (fvcore, pycocotools, opencv, pytest, ruff)"
+"$PY" -c "import setuptools, sys; v = tuple(int(x) for x in setuptools.__version__.split('.')[:1]); sys.exit(v < (64,))" \
+  || $PIP install -c "$CONSTRAINTS" "setuptools>=64"
+$PIP install -c "$CONSTRAINTS" --no-build-isolation -e ".[dev]"
+
+"$PY" - <<'PY'
+import torch, torchvision, detectron2, libra_d2
+from libra_d2.utils.env import detectron2_has_cpp_ops
+print("[setup] ready: torch %s, torchvision %s, detectron2 %s (C++ ops: %s), libra_d2 %s" % (
+    torch.__version__, torchvision.__version__, detectron2.__version__,
+    "yes" if detectron2_has_cpp_ops() else "placeholder", libra_d2.__version__))
+PY
+rm -f "$VENV"/.libra_d2_setup_*
+touch "$STAMP"
