@@ -1,0 +1,50 @@
+import pytest
+from detectron2.modeling import build_model
+
+from libra_d2.config import LibraConfigError, validate_libra_config
+
+BAD = [
+    ("MODEL.LIBRA.FLOOR_FRACTION", 1.5, r"MODEL.LIBRA.FLOOR_FRACTION = 1.5 is invalid: allowed \[0.0, 1.0\]"),
+    ("MODEL.LIBRA.FLOOR_THRESH", -0.5, "MODEL.LIBRA.FLOOR_THRESH = -0.5"),
+    ("MODEL.LIBRA.NUM_BINS", 0, "MODEL.LIBRA.NUM_BINS = 0"),
+    ("MODEL.LIBRA.NEG_SAMPLER", "ohem", "MODEL.LIBRA.NEG_SAMPLER = 'ohem' is invalid: allowed one of 'iou_balanced', 'random'"),
+    ("MODEL.LIBRA.POS_SAMPLER", "balanced", "MODEL.LIBRA.POS_SAMPLER"),
+    ("MODEL.LIBRA.NEG_BIN_UPPER", "one", "MODEL.LIBRA.NEG_BIN_UPPER"),
+    ("MODEL.LIBRA.BALANCED_L1.BETA", 0.0, r"MODEL.LIBRA.BALANCED_L1.BETA = 0.0 is invalid: allowed \(0.0, inf\]"),
+    ("MODEL.LIBRA.BALANCED_L1.ALPHA", -1.0, "MODEL.LIBRA.BALANCED_L1.ALPHA"),
+    ("MODEL.LIBRA.RETINANET_BALANCED_L1.GAMMA", 0.0, "MODEL.LIBRA.RETINANET_BALANCED_L1.GAMMA"),
+    ("MODEL.LIBRA.RPN_NEG_POS_UB", -3.0, "MODEL.LIBRA.RPN_NEG_POS_UB"),
+    ("MODEL.BFP.REFINE_TYPE", "attention", "MODEL.BFP.REFINE_TYPE = 'attention'"),
+]
+
+
+def test_defaults_are_valid(libra_cfg):
+    cfg = libra_cfg()
+    validate_libra_config(cfg)
+    assert cfg.MODEL.LIBRA.NUM_BINS == 3 and cfg.MODEL.BFP.REFINE_LEVEL == 2
+
+
+@pytest.mark.parametrize("key,value,message", BAD)
+def test_bad_values_name_key_value_and_range(libra_cfg, key, value, message):
+    cfg = libra_cfg("Base-Libra-RCNN-FPN.yaml", key, value, "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64)
+    with pytest.raises(LibraConfigError, match=message):
+        build_model(cfg)
+
+
+def test_refine_level_outside_pyramid(libra_cfg):
+    cfg = libra_cfg("Base-Libra-RCNN-FPN.yaml", "MODEL.BFP.REFINE_LEVEL", 5)
+    with pytest.raises(LibraConfigError, match=r"MODEL.BFP.REFINE_LEVEL = 5 is invalid: allowed 0..4"):
+        build_model(cfg)
+
+
+def test_bg_thresh_upper_needs_room(libra_cfg):
+    cfg = libra_cfg("Base-Libra-RCNN-FPN.yaml", "MODEL.LIBRA.NEG_BIN_UPPER", "bg_thresh", "MODEL.LIBRA.FLOOR_THRESH", 0.6)
+    with pytest.raises(LibraConfigError, match="NEG_BIN_UPPER"):
+        validate_libra_config(cfg)
+
+
+def test_missing_keys_explained():
+    from detectron2.config import get_cfg
+
+    with pytest.raises(LibraConfigError, match="add_libra_config"):
+        validate_libra_config(get_cfg())

@@ -1,0 +1,106 @@
+"""LibraROIHeads in a small model, following detectron2's test_roi_heads pattern."""
+import pytest
+import torch
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.roi_heads import build_roi_heads
+from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.utils.events import EventStorage
+
+
+def small_heads(libra_cfg, *opts):
+    cfg = libra_cfg(
+        "Base-Libra-RCNN-FPN.yaml",
+        "MODEL.ROI_HEADS.NUM_CLASSES", 4,
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 64,
+        "MODEL.ROI_BOX_HEAD.FC_DIM", 32,
+        *opts,
+    )
+    shapes = {f"p{i}": ShapeSpec(channels=16, stride=2 ** i) for i in range(2, 7)}
+    return cfg, build_roi_heads(cfg, shapes)
+
+
+def inputs(h=128, w=160, num_props=400, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    features = {f"p{i}": torch.rand(2, 16, h // 2 ** i, w // 2 ** i, generator=g) for i in range(2, 7)}
+    images = ImageList(torch.zeros(2, 3, h, w), [(h, w), (h, w)])
+    gt = Instances((h, w), gt_boxes=Boxes(torch.tensor([[10.0, 10, 60, 70], [70, 40, 150, 120]])), gt_classes=torch.tensor([1, 3]))
+    empty = Instances((h, w), gt_boxes=Boxes(torch.zeros(0, 4)), gt_classes=torch.zeros(0, dtype=torch.long))
+    props = []
+    for _ in range(2):
+        xy = torch.rand(num_props, 2, generator=g) * torch.tensor([w - 20.0, h - 20.0])
+        wh = 8 + torch.rand(num_props, 2, generator=g) * 60
+        boxes = torch.cat([xy, (xy + wh).clamp(max=torch.tensor([w - 1.0, h - 1.0]))], 1)
+        props.append(Instances((h, w), proposal_boxes=Boxes(boxes), objectness_logits=torch.rand(num_props, generator=g)))
+    return images, features, props, [gt, empty]
+
+
+@pytest.mark.parametrize("loss_type", ["balanced_l1", "smooth_l1"])
+def test_losses_finite_with_and_without_gt(libra_cfg, loss_type):
+    _, heads = small_heads(libra_cfg, "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", loss_type)
+    heads.train()
+    images, features, props, targets = inputs()
+    with EventStorage() as storage:
+        _, losses = heads(images, features, props, targets)
+        sum(losses.values()).backward()
+        latest = storage.latest()
+    assert set(losses) == {"loss_cls", "loss_box_reg"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert float(losses["loss_box_reg"]) > 0
+    assert "libra/neg_iou_mean" in latest and "libra/neg_share_bin0" in latest
+    # only-empty batch: still finite
+    with EventStorage():
+        _, losses = heads(images, features, props, [targets[1], targets[1]])
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def neg_ious(libra_cfg, neg_sampler, seed):
+    cfg, heads = small_heads(libra_cfg, "MODEL.LIBRA.NEG_SAMPLER", neg_sampler, "MODEL.LIBRA.POS_SAMPLER", "random")
+    heads.train()
+    # one image: 1000 proposals far from the object (IoU 0) and 100 around it (low IoU)
+    h, w = 256, 256
+    gt = Instances((h, w), gt_boxes=Boxes(torch.tensor([[100.0, 100, 160, 160]])), gt_classes=torch.tensor([2]))
+    far = torch.tensor([[0.0, 0, 40, 40]]).repeat(1000, 1)
+    g = torch.Generator().manual_seed(seed)
+    shift = torch.rand(100, 1, generator=g) * 60 - 30
+    near = torch.tensor([[100.0, 100, 160, 160]]) + torch.cat([shift, shift, shift, shift], 1) * torch.tensor([1.0, 1, 1, 1])
+    near[:, 2:] += 25  # grow, so IoU stays below 0.5 for most
+    boxes = torch.cat([far, near])
+    props = [Instances((h, w), proposal_boxes=Boxes(boxes), objectness_logits=torch.zeros(len(boxes)))]
+    torch.manual_seed(seed)
+    with EventStorage():
+        sampled = heads.label_and_sample_proposals(props, [gt])[0]
+    from detectron2.structures import pairwise_iou
+
+    neg = sampled.gt_classes == cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    return pairwise_iou(gt.gt_boxes, sampled.proposal_boxes[neg]).max(0).values
+
+
+def test_iou_balanced_negatives_shift_the_histogram(libra_cfg):
+    for seed in range(3):
+        uni = neg_ious(libra_cfg, "random", seed)
+        bal = neg_ious(libra_cfg, "iou_balanced", seed)
+        assert len(uni) == len(bal)
+        # The gt box is appended as a proposal, so the bins are [0, 1/3), [1/3, 2/3),
+        # [2/3, 1): bin 1 gets its full quota (num_neg // 3), the empty top bin's quota
+        # becomes uniform filler. Uniform sampling mirrors the pool (~90% IoU zero).
+        quota = len(bal) // 3
+        mid = lambda x: int(((x >= 1 / 3) & (x < 2 / 3)).sum())  # noqa: E731
+        assert mid(bal) >= quota
+        assert mid(uni) < quota / 2
+        assert float((uni > 0).float().mean()) < 0.3
+        assert float(bal.mean()) > 2 * float(uni.mean())
+
+
+def test_uniform_fallback_is_detectron2_sampling(libra_cfg):
+    _, heads = small_heads(libra_cfg, "MODEL.LIBRA.NEG_SAMPLER", "random", "MODEL.LIBRA.POS_SAMPLER", "random")
+    from detectron2.modeling.roi_heads import StandardROIHeads
+
+    images, features, props, targets = inputs()
+    with EventStorage():
+        torch.manual_seed(3)
+        a = heads.label_and_sample_proposals(props, targets)
+        torch.manual_seed(3)
+        b = StandardROIHeads.label_and_sample_proposals(heads, props, targets)
+    for x, y in zip(a, b):
+        assert torch.equal(x.proposal_boxes.tensor, y.proposal_boxes.tensor)
+        assert torch.equal(x.gt_classes, y.gt_classes)
