@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""Train and evaluate libra-d2 models with detectron2's DefaultTrainer.
+
+    python train_net.py --config-file configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml
+    python train_net.py --config-file configs/COCO-Detection/libra_faster_rcnn_R_50_FPN_1x.yaml --num-gpus 8
+    python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS output/model_final.pth
+    python train_net.py --config-file CONFIG --resume        # continue from OUTPUT_DIR/last_checkpoint
+
+Multi-GPU / multi-machine runs use detectron2's ``launch`` (``--num-gpus``,
+``--num-machines``, ``--machine-rank``, ``--dist-url``). The evaluation results dict is
+also written to ``OUTPUT_DIR/eval_results.json``.
+"""
+import json
+import logging
+import os
+import sys
+
+import detectron2.utils.comm as comm
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import COCOEvaluator, verify_results
+
+import libra_d2
+from libra_d2.config import LibraConfigError
+from libra_d2.utils.env import detectron2_has_cpp_ops
+
+logger = logging.getLogger("libra_d2")
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer + COCOEvaluator (pure-Python COCOeval when detectron2 has no C++ ops)."""
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=detectron2_has_cpp_ops())
+
+
+def setup(args):
+    cfg = get_cfg()
+    libra_d2.add_libra_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    libra_d2.validate_libra_config(cfg)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def write_results(cfg, results):
+    if comm.is_main_process() and results:
+        path = os.path.join(cfg.OUTPUT_DIR, "eval_results.json")
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)
+        logger.info("Evaluation results written to %s", path)
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        write_results(cfg, res)
+        return res
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    res = trainer.train()
+    write_results(cfg, res)
+    return res
+
+
+def cli(argv=None):
+    args = default_argument_parser().parse_args(argv)
+    print("Command Line Args:", args)
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except LibraConfigError as e:
+        print(f"train_net.py: config error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()
