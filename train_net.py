@@ -70,6 +70,9 @@ def main(args):
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     res = trainer.train()
+    # DefaultTrainer.train() returns the final evaluation only when TEST.EXPECTED_RESULTS is
+    # set; the EvalHook keeps it on the trainer either way.
+    res = res or getattr(trainer, "_last_eval_results", None)
     write_results(cfg, res)
     return res
 

@@ -11,7 +11,7 @@ from detectron2.utils.events import get_event_storage
 
 from .config import validate_libra_config
 from .fast_rcnn import LibraFastRCNNOutputLayers
-from .sampling import instance_balanced_positives_mask, iou_balanced_negatives_mask, random_subset_mask
+from .sampling import instance_balanced_positives_mask, iou_balanced_negatives_select, random_subset_mask
 
 __all__ = ["LibraROIHeads"]
 
@@ -93,18 +93,20 @@ class LibraROIHeads(StandardROIHeads):
             pos_mask = random_subset_mask(positive, pos_cap)
         num_neg = self.batch_size_per_image - pos_mask.sum()
         if self.neg_sampler == "iou_balanced":
-            neg_mask = iou_balanced_negatives_mask(
+            idx, keep = iou_balanced_negatives_select(
                 max_iou,
                 negative,
                 num_neg,
+                max_num=self.batch_size_per_image,
                 num_bins=self.num_bins,
                 floor_thresh=self.floor_thresh,
                 floor_fraction=self.floor_fraction,
                 upper=None if self.neg_bin_upper == "max_iou" else self.bg_iou_thresh,
             )
-        else:
-            neg_mask = random_subset_mask(negative, num_neg)
-        return pos_mask | neg_mask
+            # pos_mask | (negatives picked); duplicates in idx carry keep=False
+            marked = pos_mask.to(torch.int32).index_put_((idx,), keep.to(torch.int32), accumulate=True)
+            return marked > 0
+        return pos_mask | random_subset_mask(negative, num_neg)
 
     @torch.no_grad()
     def label_and_sample_proposals(self, proposals: List[Instances], targets: List[Instances]) -> List[Instances]:

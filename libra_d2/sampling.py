@@ -31,7 +31,7 @@ import torch
 __all__ = [
     "sample_iou_balanced_negatives",
     "sample_instance_balanced_positives",
-    "iou_balanced_negatives_mask",
+    "iou_balanced_negatives_select",
     "instance_balanced_positives_mask",
     "random_subset_mask",
 ]
@@ -68,7 +68,8 @@ def random_subset_mask(candidates: torch.Tensor, num: Num, generator=None) -> to
 def instance_balanced_positives_mask(
     matched_gt: torch.Tensor, candidates: torch.Tensor, num: Num, generator=None
 ) -> torch.Tensor:
-    """Mask version of :func:`sample_instance_balanced_positives` (``num`` may be a tensor)."""
+    """bool[N] mask form of :func:`sample_instance_balanced_positives` (``num`` may be a
+    0-d tensor: no host read)."""
     n = candidates.numel()
     device = candidates.device
     if n == 0:
@@ -106,7 +107,7 @@ def instance_balanced_positives_mask(
     return _scatter_back(perm2, keep)
 
 
-def iou_balanced_negatives_mask(
+def iou_balanced_negatives_select(
     max_iou: torch.Tensor,
     candidates: torch.Tensor,
     num: Num,
@@ -115,13 +116,22 @@ def iou_balanced_negatives_mask(
     floor_thresh: float = -1.0,
     floor_fraction: float = 0.0,
     upper: Optional[Union[float, torch.Tensor]] = None,
+    max_num: Optional[int] = None,
     generator=None,
-) -> torch.Tensor:
-    """Mask version of :func:`sample_iou_balanced_negatives` (``num`` may be a tensor)."""
+):
+    """Lazy form of :func:`sample_iou_balanced_negatives`: returns ``(index, keep)``, two
+    small 1-D tensors (length about ``2 * max_num``) such that ``index[keep]`` is the sample.
+
+    ``num`` may be a 0-d tensor (no host read), in which case ``max_num`` (a Python int
+    >= num) bounds the work. Each "take k at random from a set" is a ``topk`` of the set's
+    members by i.i.d. uniform keys (non-members get key >= 2); the per-bin quotas use one
+    key vector, the fills another, so the fill is uniform over the members not yet taken.
+    """
     n = candidates.numel()
     device = candidates.device
-    if n == 0:
-        return candidates.clone()
+    if max_num is None:
+        max_num = int(num)
+    kk = min(int(max_num), n)
     k = int(num_bins)
     if floor_thresh > 0:
         iou_set = candidates & (max_iou >= floor_thresh)
@@ -129,40 +139,56 @@ def iou_balanced_negatives_mask(
         iou_set = candidates & (max_iou > 0)
     else:
         iou_set = candidates
-    floor_set = candidates & ~iou_set
-
     num_t = torch.as_tensor(num, device=device)
     n_iou = torch.floor(num_t.to(torch.float64) * (1.0 - float(floor_fraction))).to(torch.int64)
-
-    perm = _randperm(n, device, generator)
-    if k > 1:
-        iou_p = max_iou[perm]
+    parts_idx, parts_keep = [], []
+    tier0 = None
+    if k > 1 and kk > 0:
+        # stage 1: per-bin quota over K equal half-open bins [lo + i*w, lo + (i+1)*w)
+        u = torch.rand(n, device=device, generator=generator)
         lo = max(float(floor_thresh), 0.0)
-        hi = iou_p.max() if upper is None else torch.as_tensor(upper, dtype=iou_p.dtype, device=device)
+        hi = max_iou.max() if upper is None else torch.as_tensor(upper, dtype=max_iou.dtype, device=device)
         width = (hi - lo) / k
-        # bin i is [lo + i * width, lo + (i + 1) * width); compare against the same edges
-        # the specification states instead of dividing, so edge values land exactly.
-        edges = lo + torch.arange(1, k, device=device, dtype=iou_p.dtype) * width
-        b = torch.bucketize(iou_p, edges, right=True)
-        in_bin = iou_set[perm] & (iou_p >= lo) & (iou_p < hi)
-        onehot = (b.unsqueeze(1) == torch.arange(k, device=device)) & in_bin.unsqueeze(1)
-        rank = torch.cumsum(onehot, dim=0).gather(1, b.unsqueeze(1)).squeeze(1)  # 1-based
-        quota = torch.div(n_iou, k, rounding_mode="floor")
-        tier0 = _scatter_back(perm, in_bin & (rank <= quota))
-    else:
-        tier0 = torch.zeros_like(candidates)
+        b = ((max_iou - lo) / width).floor().clamp_(0, k - 1)
+        # exact edges: the same comparisons the specification states
+        b -= (max_iou < lo + b * width).to(b.dtype)
+        b += (max_iou >= lo + (b + 1) * width).to(b.dtype)
+        in_bin = iou_set & (max_iou >= lo) & (max_iou < hi)
+        outside = (b.unsqueeze(0) != torch.arange(k, device=device, dtype=b.dtype).unsqueeze(1)) | ~in_bin
+        keys = u + outside * 2.0  # [K, N]
+        qk = min(int(max_num) // k, n)
+        if qk > 0:
+            vals, idx = torch.topk(keys, qk, dim=1, largest=False)
+            quota = torch.div(n_iou, k, rounding_mode="floor")
+            keep0 = (vals < 2) & (torch.arange(qk, device=device) < quota)
+            idx, keep0 = idx.flatten(), keep0.flatten()
+            tier0 = torch.zeros(n, dtype=torch.int32, device=device).index_put_((idx,), keep0.to(torch.int32), accumulate=True) > 0
+            parts_idx.append(idx)
+            parts_keep.append(keep0)
+    c0 = parts_keep[0].sum() if parts_keep else torch.zeros((), dtype=torch.int64, device=device)
 
-    perm2 = _randperm(n, device, generator)
-    t0 = tier0[perm2]
-    rest = iou_set[perm2] & ~t0
-    flo = floor_set[perm2]
-    ranks = torch.cumsum(torch.stack([t0, rest, flo], dim=1), dim=0)  # 1-based
-    c0, n_rest, n_floor = ranks[-1, 0], ranks[-1, 1], ranks[-1, 2]
-    c1 = torch.minimum((n_iou - c0).clamp(min=0), n_rest)
-    take_floor = torch.minimum(n_floor, (num_t - c0 - c1).clamp(min=0))
-    extra = (num_t - c0 - c1 - take_floor).clamp(min=0)
-    keep = t0 | (rest & (ranks[:, 1] <= c1 + extra)) | (flo & (ranks[:, 2] <= take_floor))
-    return _scatter_back(perm2, keep)
+    # counts of the later stages, from set sizes only (no host read)
+    n_iou_set = iou_set.sum()
+    has_floor = floor_thresh >= 0
+    n_floor = (candidates & ~iou_set).sum() if has_floor else torch.zeros_like(n_iou_set)
+    take_total = torch.minimum(num_t, n_iou_set + n_floor)
+    take_floor = torch.minimum(n_floor, num_t - torch.minimum(n_iou, n_iou_set))
+    take_rest = take_total - take_floor - c0
+    if kk > 0:
+        # stages 2 + 4: members of the IoU set not yet taken, in one random order
+        u2 = torch.rand(n, device=device, generator=generator)
+        rest = iou_set if tier0 is None else iou_set & ~tier0
+        vals, idx = torch.topk(u2 + (~rest) * 2.0, kk, largest=False)
+        parts_idx.append(idx)
+        parts_keep.append((vals < 2) & (torch.arange(kk, device=device) < take_rest))
+        if has_floor:  # stage 3: the floor set (candidates below the floor threshold)
+            vals, idx = torch.topk(u2 + (iou_set | ~candidates) * 2.0, kk, largest=False)
+            parts_idx.append(idx)
+            parts_keep.append((vals < 2) & (torch.arange(kk, device=device) < take_floor))
+    if not parts_idx:
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return empty, empty.bool()
+    return torch.cat(parts_idx), torch.cat(parts_keep)
 
 
 def sample_iou_balanced_negatives(
@@ -191,8 +217,8 @@ def sample_iou_balanced_negatives(
         generator: torch.Generator on the inputs' device, for repeatable draws.
 
     Returns:
-        int64 indices into [0, N), no repeats, ``min(num, candidates.sum())`` of them,
-        ascending.
+        int64 indices into [0, N), no repeats, ``min(num, candidates.sum())`` of them
+        (in no particular order).
     """
     _check_1d("max_iou", max_iou)
     _check_1d("candidates", candidates, max_iou.numel())
@@ -204,7 +230,7 @@ def sample_iou_balanced_negatives(
         raise ValueError(f"floor_fraction must be in [0, 1], got {floor_fraction}")
     if num < 0:
         raise ValueError(f"num must be >= 0, got {num}")
-    mask = iou_balanced_negatives_mask(
+    idx, keep = iou_balanced_negatives_select(
         max_iou,
         candidates.bool(),
         num,
@@ -214,7 +240,7 @@ def sample_iou_balanced_negatives(
         upper=upper,
         generator=generator,
     )
-    return torch.nonzero(mask).squeeze(1)
+    return idx[keep]
 
 
 def sample_instance_balanced_positives(
@@ -234,8 +260,8 @@ def sample_instance_balanced_positives(
         generator: torch.Generator on the inputs' device, for repeatable draws.
 
     Returns:
-        int64 indices into [0, N), no repeats, ``min(num, candidates.sum())`` of them,
-        ascending.
+        int64 indices into [0, N), no repeats, ``min(num, candidates.sum())`` of them
+        (in no particular order).
     """
     _check_1d("matched_gt", matched_gt)
     _check_1d("candidates", candidates, matched_gt.numel())

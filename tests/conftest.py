@@ -26,3 +26,14 @@ def libra_cfg():
         return cfg
 
     return make
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory):
+    """A generated libra_shapes dataset shared by the session (generated once, ~10 s)."""
+    from libra_d2.data import ensure_generated, register_libra_shapes
+
+    root = str(tmp_path_factory.mktemp("datasets"))
+    ensure_generated(root, progress=False)
+    register_libra_shapes(root)
+    return root

@@ -1,5 +1,5 @@
-"""Built-in dataset registration. Importing this module registers ``libra_shapes_train`` and
-``libra_shapes_val`` in detectron2's DatasetCatalog through detectron2's own COCO loader
+"""Built-in dataset registration. Importing this module registers ``libra_shapes_train``,
+``libra_shapes_val`` and ``libra_shapes_val_mini`` (first 24 val images) in detectron2's DatasetCatalog through detectron2's own COCO loader
 (``load_coco_json``), so the standard data loader and ``COCOEvaluator`` run on them. The
 files are generated on first use under ``$DETECTRON2_DATASETS`` (default ``./datasets``)."""
 import os
@@ -9,11 +9,17 @@ from .shapes import CLASSES, SPLITS, dataset_dir, ensure_generated
 __all__ = ["register_libra_shapes", "ensure_generated", "dataset_dir", "CLASSES"]
 
 
-def _load(split, root):
+MINI_VAL_IMAGES = 24
+
+
+def _load(split, root, limit=None, name=None):
     from detectron2.data.datasets.coco import load_coco_json
 
     path = ensure_generated(root)
-    return load_coco_json(os.path.join(path, "annotations", f"instances_{split}.json"), os.path.join(path, split), f"libra_shapes_{split}")
+    dicts = load_coco_json(
+        os.path.join(path, "annotations", f"instances_{split}.json"), os.path.join(path, split), name or f"libra_shapes_{split}"
+    )
+    return dicts[:limit] if limit else dicts
 
 
 def register_libra_shapes(root=None):
@@ -21,12 +27,15 @@ def register_libra_shapes(root=None):
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     path = dataset_dir(root)
-    for split in SPLITS:
-        name = f"libra_shapes_{split}"
+    entries = [(f"libra_shapes_{s}", s, None) for s in SPLITS]
+    # the first MINI_VAL_IMAGES val images, for quick checks (COCOEvaluator scores only
+    # the images it saw, so the full val json serves as ground truth)
+    entries.append(("libra_shapes_val_mini", "val", MINI_VAL_IMAGES))
+    for name, split, limit in entries:
         if name in DatasetCatalog.list():
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
-        DatasetCatalog.register(name, lambda split=split, root=root: _load(split, root))
+        DatasetCatalog.register(name, lambda split=split, root=root, limit=limit, name=name: _load(split, root, limit, name))
         MetadataCatalog.get(name).set(
             json_file=os.path.join(path, "annotations", f"instances_{split}.json"),
             image_root=os.path.join(path, split),

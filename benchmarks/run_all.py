@@ -1,0 +1,309 @@
+#!/usr/bin/env python
+"""`make bench`: speed and memory figures of libra-d2, printed as a table and written to
+output/bench/results.json.
+
+Every ratio is measured side by side in one process, interleaved (A, B, A, B, ...), and
+reported as a ratio of medians; the machine (CPU model, cores, torch) is recorded too.
+
+* sampler_speedup_2k / _100k: a faithful reference of the published IoU-balanced negative
+  sampler (benchmarks/reference_sampler.py: host copy, Python sets, per-bin set
+  intersections) divided by libra_d2's, on 2,000 and 100,000 proposals (half IoU 0, 40%
+  in (0, 0.5), 10% >= 0.5), one CPU thread. Targets >= 6 and >= 25.
+* sampler_growth_2k_to_100k: ours at 100k / ours at 2k. Target <= 75 (linear: 50).
+* train_iter_ratio / infer_ratio: Libra R-CNN R-50-FPN / Faster R-CNN R-50-FPN iteration
+  time, batch 2, short side 512, same inputs and weights, after warm-up. Targets <= 1.10.
+  The Libra side's time spent in sampling, BFP and the box loss is printed too.
+* bfp_mem_growth_4x_pixels: peak memory of BFP forward+backward (default non-local path)
+  when the refine level holds 4x the positions (50x84 -> 100x168), each size in a fresh
+  subprocess (peak RSS above the pre-run RSS). Target <= 5.0; the plain-matmul path's
+  figure is printed beside it.
+
+Options: --device cuda (when a GPU is present), --reps N, --only NAME[,NAME].
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+TARGETS = {
+    "sampler_speedup_2k": (">=", 6.0),
+    "sampler_speedup_100k": (">=", 25.0),
+    "sampler_growth_2k_to_100k": ("<=", 75.0),
+    "train_iter_ratio": ("<=", 1.10),
+    "infer_ratio": ("<=", 1.10),
+    "bfp_mem_growth_4x_pixels": ("<=", 5.0),
+}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device):
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def iou_mix(n, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, generator=g)
+    u = torch.rand(n, generator=g)
+    iou = torch.where(u < 0.5, torch.zeros_like(x), torch.where(u < 0.9, x * 0.5, 0.5 + x * 0.5))
+    return iou.to(device), (iou < 0.5).to(device)
+
+
+def bench_sampler(device, reps):
+    from benchmarks.reference_sampler import reference_iou_balanced_negatives
+    from libra_d2.sampling import sample_iou_balanced_negatives
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = {}
+    try:
+        for n, name in ((2000, "2k"), (100_000, "100k")):
+            iou, cand = iou_mix(n, device)
+            ref_t, our_t = [], []
+            for _ in range(3):
+                reference_iou_balanced_negatives(iou, cand, 384)
+                sample_iou_balanced_negatives(iou, cand, 384)
+            for _ in range(reps * 10):
+                ref_t.append(timed(lambda: reference_iou_balanced_negatives(iou, cand, 384), device))
+                our_t.append(timed(lambda: sample_iou_balanced_negatives(iou, cand, 384), device))
+            out[f"sampler_ref_ms_{name}"] = statistics.median(ref_t) * 1e3
+            out[f"sampler_ours_ms_{name}"] = statistics.median(our_t) * 1e3
+            out[f"sampler_speedup_{name}"] = statistics.median(ref_t) / statistics.median(our_t)
+        out["sampler_growth_2k_to_100k"] = out["sampler_ours_ms_100k"] / out["sampler_ours_ms_2k"]
+    finally:
+        torch.set_num_threads(threads)
+    if device.type == "cuda":
+        out["sampler_cuda_syncs_ok"] = check_cuda_syncs(device)
+    return out
+
+
+def check_cuda_syncs(device):
+    """Run our sampler with sync debug mode "error" up to the final index extraction."""
+    from libra_d2.sampling import iou_balanced_negatives_select
+
+    iou, cand = iou_mix(100_000, device)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        idx, keep = iou_balanced_negatives_select(iou, cand, 384)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    idx[keep]  # the one synchronising step
+    return True
+
+
+def detector_pair(device, short=512):
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+    from detectron2.structures import Boxes, Instances
+
+    import libra_d2
+
+    def cfg_for(name):
+        cfg = get_cfg()
+        libra_d2.add_libra_config(cfg)
+        cfg.merge_from_file(os.path.join(ROOT, "configs/COCO-Detection", name))
+        cfg.MODEL.WEIGHTS = ""
+        cfg.MODEL.DEVICE = device.type
+        return cfg
+
+    torch.manual_seed(0)
+    base = build_model(cfg_for("faster_rcnn_R_50_FPN_1x.yaml"))
+    libra = build_model(cfg_for("libra_faster_rcnn_R_50_FPN_1x.yaml"))
+    libra.load_state_dict(base.state_dict(), strict=False)
+    g = torch.Generator().manual_seed(0)
+    h, w = short, int(short * 4 / 3)
+    batch = []
+    for i in range(2):
+        boxes = []
+        for _ in range(6):
+            x0, y0 = float(torch.randint(0, w - 120, (1,), generator=g)), float(torch.randint(0, h - 120, (1,), generator=g))
+            bw, bh = 30 + float(torch.randint(0, 90, (1,), generator=g)), 30 + float(torch.randint(0, 90, (1,), generator=g))
+            boxes.append([x0, y0, x0 + bw, y0 + bh])
+        inst = Instances((h, w), gt_boxes=Boxes(torch.tensor(boxes)), gt_classes=torch.randint(0, 80, (6,), generator=g))
+        batch.append({"image": (torch.rand(3, h, w, generator=g) * 255), "instances": inst, "height": h, "width": w})
+    return base, libra, batch
+
+
+class SectionTimer:
+    """Wall time spent in chosen sub-modules / methods of the Libra model, per iteration."""
+
+    def __init__(self, device):
+        self.device = device
+        self.total = {}
+
+    def wrap_method(self, obj, name, key):
+        orig = getattr(obj, name)
+
+        def run(*a, **k):
+            sync(self.device)
+            t = time.perf_counter()
+            r = orig(*a, **k)
+            sync(self.device)
+            self.total[key] = self.total.get(key, 0.0) + time.perf_counter() - t
+            return r
+
+        setattr(obj, name, run)
+
+
+def bench_detector(device, reps):
+    from detectron2.utils.events import EventStorage
+
+    base, libra, batch = detector_pair(device)
+    timer = SectionTimer(device)
+    timer.wrap_method(libra.roi_heads, "label_and_sample_proposals", "sampling")
+    timer.wrap_method(libra.backbone.bfp, "forward", "bfp")
+    timer.wrap_method(libra.roi_heads.box_predictor, "box_reg_loss", "box_loss")
+    out = {}
+    opts = {m: torch.optim.SGD(m.parameters(), lr=0.0, momentum=0.9) for m in (base, libra)}
+
+    def train_step(m):
+        with EventStorage():
+            losses = m(batch)
+            opts[m].zero_grad()
+            sum(losses.values()).backward()
+            opts[m].step()
+
+    def infer(m):
+        with torch.no_grad():
+            m([{k: v for k, v in d.items() if k != "instances"} for d in batch])
+
+    for mode, fn in (("train", train_step), ("infer", infer)):
+        for m in (base, libra):
+            m.train(mode == "train")
+            fn(m)  # warm-up
+            fn(m)
+        timer.total.clear()
+        tb, tl = [], []
+        for _ in range(reps):
+            tb.append(timed(lambda: fn(base), device))
+            tl.append(timed(lambda: fn(libra), device))
+        key = "train_iter_ratio" if mode == "train" else "infer_ratio"
+        out[key] = statistics.median(tl) / statistics.median(tb)
+        out[f"{mode}_iter_s_baseline"] = statistics.median(tb)
+        out[f"{mode}_iter_s_libra"] = statistics.median(tl)
+        for k, v in timer.total.items():
+            out[f"{mode}_libra_{k}_ms_per_iter"] = v / reps * 1e3
+    return out
+
+
+BFP_CHILD = r"""
+import json, resource, sys, torch
+sys.path.insert(0, {root!r})
+from libra_d2.bfp import BFP
+h, w, sdpa, dev = {h}, {w}, {sdpa}, {dev!r}
+torch.manual_seed(0)
+device = torch.device(dev)
+bfp = BFP(256, 5, 2, "non_local").to(device)
+bfp.refine.use_sdpa = sdpa
+torch.nn.init.normal_(bfp.refine.conv_out.weight, std=0.01)
+def feats(h, w):
+    return [torch.randn(1, 256, h * 4 // 2 ** i, w * 4 // 2 ** i, device=device, requires_grad=True) for i in range(5)]
+small = feats(6, 10)
+sum(o.sum() for o in bfp(small)).backward()  # warm-up: load kernels
+xs = feats(h, w)
+def rss_kb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * (resource.getpagesize() // 1024)
+if device.type == "cuda":
+    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); before = torch.cuda.memory_allocated() / 1024
+else:
+    before = rss_kb()
+sum(o.sum() for o in bfp(xs)).backward()
+if device.type == "cuda":
+    torch.cuda.synchronize(); peak = torch.cuda.max_memory_allocated() / 1024
+else:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({{"peak_kb": peak - before}}))
+"""
+
+
+def bfp_peak_kb(h, w, sdpa, device):
+    code = BFP_CHILD.format(root=ROOT, h=h, w=w, sdpa=sdpa, dev=device.type)
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_kb"]
+
+
+def bench_bfp_memory(device, reps):
+    out = {}
+    for sdpa, name in ((True, "sdpa"), (False, "matmul")):
+        small = statistics.median(bfp_peak_kb(50, 84, sdpa, device) for _ in range(max(1, reps // 3)))
+        large = statistics.median(bfp_peak_kb(100, 168, sdpa, device) for _ in range(max(1, reps // 3)))
+        out[f"bfp_peak_mb_50x84_{name}"] = small / 1024
+        out[f"bfp_peak_mb_100x168_{name}"] = large / 1024
+        growth = large / small
+        out["bfp_mem_growth_4x_pixels" if sdpa else "bfp_mem_growth_4x_pixels_matmul"] = growth
+    return out
+
+
+def machine(device):
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device.type}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--reps", type=int, default=7, help="timed repetitions per side (sampler: 10x)")
+    ap.add_argument("--only", default="sampler,detector,bfp_memory")
+    ap.add_argument("--output", default=os.path.join(ROOT, "output/bench/results.json"))
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    results = {"machine": machine(device)}
+    benches = {"sampler": bench_sampler, "detector": bench_detector, "bfp_memory": bench_bfp_memory}
+    for name in args.only.split(","):
+        t = time.time()
+        print(f"[bench] {name} ...", flush=True)
+        results.update(benches[name](device, args.reps))
+        print(f"[bench] {name} done in {time.time() - t:.0f} s", flush=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w") as f:
+        json.dump(results, f, indent=2)
+    m = results["machine"]
+    print(f"\nmachine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, device {m['device']}" + (f" ({m['gpu']})" if "gpu" in m else ""))
+    print(f"| {'figure':<34} | {'value':>9} | {'target':>8} | ok  |")
+    print(f"|{'-' * 36}|{'-' * 11}|{'-' * 10}|-----|")
+    for k, v in results.items():
+        if k == "machine":
+            continue
+        target = TARGETS.get(k)
+        if isinstance(v, bool):
+            print(f"| {k:<34} | {str(v):>9} | {'True':>8} | {'yes' if v else 'NO':<3} |")
+            continue
+        ok = ""
+        tgt = ""
+        if target:
+            op, bound = target
+            ok = "yes" if (v >= bound if op == ">=" else v <= bound) else "NO"
+            tgt = f"{op}{bound:g}"
+        print(f"| {k:<34} | {v:9.3f} | {tgt:>8} | {ok:<3} |")
+    print(f"\nwritten to {args.output}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

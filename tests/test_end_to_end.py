@@ -1,0 +1,77 @@
+"""End to end through train_net.py: real DefaultTrainer, real COCO files, real COCOEvaluator."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    "INPUT.MIN_SIZE_TRAIN", "(192,)", "INPUT.MAX_SIZE_TRAIN", "320", "INPUT.MIN_SIZE_TEST", "192", "INPUT.MAX_SIZE_TEST", "320",
+    "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "DATASETS.TEST", "('libra_shapes_val_mini',)",
+    "SOLVER.WARMUP_ITERS", "10", "SOLVER.STEPS", "()",
+]
+
+
+def run_train_net(shapes_root, *args, check=True):
+    env = dict(os.environ, DETECTRON2_DATASETS=shapes_root, PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train_net.py"), *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train_net.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def metrics(out):
+    with open(os.path.join(out, "metrics.json")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def same_ap(a, b):
+    for k in a["bbox"]:
+        x, y = a["bbox"][k], b["bbox"][k]
+        assert (math.isnan(x) and math.isnan(y)) or abs(x - y) < 1e-6, (k, x, y)
+
+
+@pytest.mark.slow
+def test_libra_rcnn_trains_evaluates_and_eval_only_matches(shapes_root, tmp_path):
+    out = str(tmp_path / "libra")
+    cfg = os.path.join(ROOT, "configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml")
+    run_train_net(shapes_root, "--config-file", cfg, *TINY, "SOLVER.MAX_ITER", "40", "SOLVER.CHECKPOINT_PERIOD", "20", "OUTPUT_DIR", out)
+    for f in ("config.yaml", "model_final.pth", "eval_results.json", "last_checkpoint"):
+        assert os.path.isfile(os.path.join(out, f)), f
+    with open(os.path.join(out, "eval_results.json")) as f:
+        trained = json.load(f)
+    assert set(trained["bbox"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    rows = [m for m in metrics(out) if "total_loss" in m]
+    assert len(rows) >= 2 and rows[-1]["total_loss"] < rows[0]["total_loss"], rows
+    assert "libra/neg_iou_mean" in rows[-1]
+
+    out2 = str(tmp_path / "eval")
+    run_train_net(shapes_root, "--config-file", cfg, "--eval-only", *TINY, "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), "OUTPUT_DIR", out2)
+    with open(os.path.join(out2, "eval_results.json")) as f:
+        same_ap(trained, json.load(f))
+
+
+@pytest.mark.slow
+def test_libra_retinanet_trains_and_evaluates(shapes_root, tmp_path):
+    out = str(tmp_path / "retina")
+    cfg = os.path.join(ROOT, "configs/builtin/libra_retinanet_R_18_FPN_cpu.yaml")
+    run_train_net(shapes_root, "--config-file", cfg, *TINY, "SOLVER.MAX_ITER", "20", "OUTPUT_DIR", out)
+    with open(os.path.join(out, "eval_results.json")) as f:
+        res = json.load(f)
+    assert "AP" in res["bbox"]
+    rows = [m for m in metrics(out) if "loss_box_reg" in m]
+    assert rows and all(math.isfinite(m["loss_box_reg"]) for m in rows)
+
+
+def test_bad_config_value_is_last_line_and_exit_code(shapes_root, tmp_path):
+    proc = run_train_net(
+        shapes_root, "--config-file", os.path.join(ROOT, "configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml"),
+        "MODEL.LIBRA.FLOOR_FRACTION", "1.5", "OUTPUT_DIR", str(tmp_path / "bad"), check=False,
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "MODEL.LIBRA.FLOOR_FRACTION = 1.5 is invalid" in last and "[0.0, 1.0]" in last
