@@ -5,6 +5,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 DEMO_CONFIG ?= configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml
 DEMO_OUT ?= output/demo
+export TORCH_SPEC PYTHON
 
 .PHONY: setup demo test lint bench clean
 
@@ -12,7 +13,7 @@ setup:
 	@bash tools/setup_env.sh
 
 demo: setup
-	$(PY) tools/run_demo.py --config-file $(DEMO_CONFIG) --output-dir $(DEMO_OUT)
+	$(PY) tools/run_demo.py --config-file $(DEMO_CONFIG) --output-dir $(DEMO_OUT) $(DEMO_ARGS)
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)

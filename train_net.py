@@ -4,7 +4,7 @@
     python train_net.py --config-file configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml
     python train_net.py --config-file configs/COCO-Detection/libra_faster_rcnn_R_50_FPN_1x.yaml --num-gpus 8
     python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS output/model_final.pth
-    python train_net.py --config-file CONFIG --resume        # continue from OUTPUT_DIR/last_checkpoint
+    python train_net.py --config-file CONFIG --resume        # continue exactly from OUTPUT_DIR/last_checkpoint
 
 Multi-GPU / multi-machine runs use detectron2's ``launch`` (``--num-gpus``,
 ``--num-machines``, ``--machine-rank``, ``--dist-url``). The evaluation results dict is
@@ -18,24 +18,20 @@ import sys
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
-from detectron2.evaluation import COCOEvaluator, verify_results
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
 
 import libra_d2
 from libra_d2.config import LibraConfigError
-from libra_d2.utils.env import detectron2_has_cpp_ops
+from libra_d2.data.checks import DatasetError
+from libra_d2.training import LibraTrainer
 
 logger = logging.getLogger("libra_d2")
 
 
-class Trainer(DefaultTrainer):
-    """DefaultTrainer + COCOEvaluator (pure-Python COCOeval when detectron2 has no C++ ops)."""
-
-    @classmethod
-    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        if output_folder is None:
-            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=detectron2_has_cpp_ops())
+class Trainer(LibraTrainer):
+    """detectron2's DefaultTrainer with COCOEvaluator, exact --resume, atomic checkpoints and
+    data checks (see libra_d2.training)."""
 
 
 def setup(args):
@@ -92,6 +88,9 @@ def cli(argv=None):
     except LibraConfigError as e:
         print(f"train_net.py: config error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except DatasetError as e:
+        print(f"train_net.py: dataset error: {e}", file=sys.stderr, flush=True)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,10 @@ def add_libra_config(cfg):
     # (max(1, #positives) * UB). -1 disables the cap (detectron2's behaviour).
     _C.MODEL.LIBRA.RPN_NEG_POS_UB = -1.0
 
+    # Training stream addressed by position with per-sample seeds, so --resume continues
+    # exactly (libra_d2.training.LibraTrainer). False: detectron2's own train loader.
+    _C.DATALOADER.EXACT_RESUME = True
+
     _C.MODEL.BFP = CN()
     # Pyramid level (index into the FPN outputs) the levels are gathered to: 2 = p4 of
     # p2..p6. Libra RetinaNet configs (p3..p7) set 1, which is p4 there as well.

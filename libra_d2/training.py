@@ -1,0 +1,273 @@
+"""LibraTrainer: detectron2's DefaultTrainer made exact on resume and safe on bad data.
+
+What it adds to DefaultTrainer (same hooks, writers, evaluation):
+
+* **Exact ``--resume``** (detectron2 0.6 and main alike). The checkpoint holds the model,
+  the optimizer and the LR scheduler (both detectron2 versions installed here save them
+  through the trainer state; libra-d2 checks that they are registered), the iteration and
+  the run's base seed. The training stream is addressed by position: sample ``p`` of the
+  run is image ``perm_e[p mod N]`` with one seeded permutation per epoch ``e``, and its
+  augmentation RNGs (numpy, random, torch) are seeded from (seed, p). Every iteration
+  reseeds the main-process RNGs from (seed, iteration), so proposal sampling is repeatable
+  too. After a resume the loader restarts at the checkpoint's position, so "N iterations
+  straight" and "killed, then resumed" see the same images, flips and samples and end with
+  the same weights (CPU). Set ``DATALOADER.EXACT_RESUME: False`` to use detectron2's own
+  loader (with aspect-ratio grouping and its other samplers) instead.
+* **Atomic checkpoints**: each ``.pth`` and ``last_checkpoint`` is written to a temporary
+  file and renamed into place, so a kill during a write leaves the previous checkpoint and
+  ``last_checkpoint`` valid.
+* **Data checks** (:mod:`libra_d2.data.checks`): malformed annotation files and unreadable
+  images stop training with an error naming the file and image id; degenerate and
+  out-of-image boxes are dropped or clipped with a counted warning.
+* A non-finite loss stops training (detectron2's FloatingPointError, raised before the
+  optimizer step), so no checkpoint with diverged weights is written.
+"""
+import logging
+import os
+import random
+import weakref
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.engine import DefaultTrainer, HookBase
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+
+from .data.checks import DatasetError, check_json_file, sanitize_boxes
+from .utils.env import detectron2_has_cpp_ops
+
+__all__ = ["LibraTrainer", "AtomicDetectionCheckpointer", "PositionBatchSampler", "seed_from"]
+
+logger = logging.getLogger(__name__)
+
+
+def seed_from(*values) -> int:
+    """A 31-bit seed derived from integers (numpy SeedSequence hashing)."""
+    return int(np.random.SeedSequence([int(v) & 0xFFFFFFFF for v in values]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def _seed_all(seed):
+    np.random.seed(seed)
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class PositionBatchSampler(torch.utils.data.Sampler):
+    """Infinite batches of (position, dataset index) pairs for one rank.
+
+    Global batch k covers stream positions [k * B * W, (k + 1) * B * W); rank r takes the
+    r-th block of B. Position p maps to index ``perm_e[p % N]`` where ``perm_e`` is the
+    permutation of epoch ``e = p // N`` drawn from a generator seeded with (seed, e).
+    Starting at batch ``start`` therefore continues a run exactly.
+    """
+
+    def __init__(self, size, batch_size, seed, start=0, shuffle=True, rank=0, world_size=1):
+        if size <= 0:
+            raise DatasetError("the training set is empty (after filtering images without usable annotations)")
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.start, self.shuffle, self.rank, self.world_size = start, shuffle, rank, world_size
+
+    def _perm(self, epoch):
+        if not self.shuffle:
+            return torch.arange(self.size)
+        g = torch.Generator()
+        g.manual_seed(seed_from(self.seed, epoch))
+        return torch.randperm(self.size, generator=g)
+
+    def __iter__(self):
+        k = self.start
+        epoch, perm = -1, None
+        while True:
+            first = (k * self.world_size + self.rank) * self.batch_size
+            batch = []
+            for p in range(first, first + self.batch_size):
+                e = p // self.size
+                if e != epoch:
+                    epoch, perm = e, self._perm(e)
+                batch.append((p, int(perm[p % self.size])))
+            yield batch
+            k += 1
+
+
+class PositionSeededDataset(torch.utils.data.Dataset):
+    """Maps (position, index) to ``mapper(dicts[index])`` with RNGs seeded from (seed, position).
+
+    If the mapper drops a sample (returns None), the next index is tried, deterministically.
+    Errors while loading an image are re-raised naming its image id and file.
+    """
+
+    def __init__(self, dicts, mapper, seed):
+        self.dicts, self.mapper, self.seed = dicts, mapper, seed
+
+    def __len__(self):
+        return len(self.dicts)
+
+    def __getitem__(self, item):
+        pos, idx = item
+        for attempt in range(len(self.dicts)):
+            d = self.dicts[(idx + attempt) % len(self.dicts)]
+            _seed_all(seed_from(self.seed, pos, attempt))
+            try:
+                out = self.mapper(d)
+            except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for bad files
+                raise DatasetError(f"image id {d.get('image_id')} ({d.get('file_name')}): cannot be loaded: {e}") from e
+            if out is not None:
+                return out
+        raise DatasetError("the mapper dropped every training sample")
+
+
+def _as_batch(batch):
+    return batch
+
+
+class AtomicDetectionCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer whose files appear only complete (write temp file, fsync, rename)."""
+
+    def save(self, name, **kwargs):
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", path)
+        _atomic_write(path, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename):
+        path = os.path.join(self.save_dir, "last_checkpoint")
+        _atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+
+
+def _atomic_write(path, write):
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class IterationSeedHook(HookBase):
+    """Reseeds the main process's RNGs from (base seed, iteration) before every step; its
+    state (the base seed) travels in checkpoints."""
+
+    def __init__(self, base_seed):
+        self.base_seed = int(base_seed)
+
+    def before_step(self):
+        _seed_all(seed_from(self.base_seed, self.trainer.iter, comm.get_rank()))
+
+    def state_dict(self):
+        return {"base_seed": self.base_seed}
+
+    def load_state_dict(self, state):
+        self.base_seed = int(state["base_seed"])
+
+
+class LibraTrainer(DefaultTrainer):
+    """DefaultTrainer + COCOEvaluator + exact resume, atomic checkpoints and data checks."""
+
+    def __init__(self, cfg):
+        seed = cfg.SEED if cfg.SEED >= 0 else seed_from(os.getpid(), int.from_bytes(os.urandom(4), "little"))
+        self._seed_hook = IterationSeedHook(seed)
+        super().__init__(cfg)
+
+    # ----------------------------------------------------------------- data
+    @classmethod
+    def _dataset_dicts(cls, cfg, names):
+        for name in names:
+            json_file = MetadataCatalog.get(name).get("json_file")
+            if json_file and os.path.isfile(json_file) and os.path.getsize(json_file) < 64 * 2**20:
+                check_json_file(json_file)  # small files: check before detectron2 parses them
+        try:
+            dicts = get_detection_dataset_dicts(
+                names,
+                filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+                min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
+                proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+            )
+        except ValueError as e:  # json.JSONDecodeError is a ValueError
+            files = [MetadataCatalog.get(n).get("json_file", n) for n in names]
+            raise DatasetError(f"cannot load {', '.join(map(str, files))}: {e}") from e
+        return sanitize_boxes(dicts, ",".join(names))
+
+    def _exact_loader(self, cfg, start_iter=0):
+        dicts = self._dataset_dicts(cfg, cfg.DATASETS.TRAIN)
+        world = comm.get_world_size()
+        total = cfg.SOLVER.IMS_PER_BATCH
+        if total % world:
+            raise ValueError(f"SOLVER.IMS_PER_BATCH = {total} is not divisible by the number of processes ({world})")
+        sampler = PositionBatchSampler(
+            len(dicts), total // world, self._seed_hook.base_seed, start=start_iter, rank=comm.get_rank(), world_size=world
+        )
+        dataset = PositionSeededDataset(dicts, DatasetMapper(cfg, True), self._seed_hook.base_seed)
+        return torch.utils.data.DataLoader(
+            dataset, batch_sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=_as_batch
+        )
+
+    def _use_exact_loader(self, cfg):
+        exact = cfg.DATALOADER.get("EXACT_RESUME", True)
+        if exact and cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+            logger.warning("DATALOADER.EXACT_RESUME needs SAMPLER_TRAIN TrainingSampler; using detectron2's loader")
+            return False
+        return exact
+
+    def build_train_loader(self, cfg):
+        if isinstance(self, LibraTrainer) and self._use_exact_loader(cfg):
+            return self._exact_loader(cfg)
+        return build_detection_train_loader(cfg)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=detectron2_has_cpp_ops())
+
+    # ----------------------------------------------------------- checkpoints
+    def build_hooks(self):
+        # atomic writes for every checkpoint, including the periodic ones built below
+        old = self.checkpointer
+        self.checkpointer = AtomicDetectionCheckpointer(
+            old.model, old.save_dir, save_to_disk=old.save_to_disk, trainer=weakref.proxy(self)
+        )
+        for key, obj in old.checkpointables.items():
+            self.checkpointer.checkpointables.setdefault(key, obj)
+        hooks = super().build_hooks()
+        return [self._seed_hook] + hooks
+
+    def state_dict(self):
+        ret = super().state_dict()
+        inner = ret.get("_trainer", {})
+        if "optimizer" not in inner:  # not saved by this detectron2 version: add it here
+            ret["libra_optimizer"] = self.optimizer.state_dict()
+        if not any("LRScheduler" in k for k in ret.get("hooks", {})):
+            ret["libra_scheduler"] = self.scheduler.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "libra_optimizer" in state_dict:
+            self.optimizer.load_state_dict(state_dict["libra_optimizer"])
+        if "libra_scheduler" in state_dict:
+            self.scheduler.load_state_dict(state_dict["libra_scheduler"])
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        if resume and self.start_iter > 0 and self._use_exact_loader(self.cfg):
+            loader = self._exact_loader(self.cfg, start_iter=self.start_iter)
+            inner = self._trainer
+            inner.data_loader = loader
+            if hasattr(inner, "_data_loader_iter_obj"):  # detectron2 main: created lazily
+                inner._data_loader_iter_obj = None
+            else:  # detectron2 0.6: created in __init__
+                inner._data_loader_iter = iter(loader)
+            logger.info("Resumed at iteration %d; the training stream continues at that position", self.start_iter)
