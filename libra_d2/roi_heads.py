@@ -11,7 +11,12 @@ from detectron2.utils.events import get_event_storage
 
 from .config import validate_libra_config
 from .fast_rcnn import LibraFastRCNNOutputLayers
-from .sampling import instance_balanced_positives_mask, iou_balanced_negatives_select, random_subset_mask
+from .sampling import (
+    instance_balanced_positives_mask,
+    iou_balanced_negatives_select,
+    random_subset_mask,
+    sample_iou_balanced_negatives,
+)
 
 __all__ = ["LibraROIHeads"]
 
@@ -93,17 +98,18 @@ class LibraROIHeads(StandardROIHeads):
             pos_mask = random_subset_mask(positive, pos_cap)
         num_neg = self.batch_size_per_image - pos_mask.sum()
         if self.neg_sampler == "iou_balanced":
-            idx, keep = iou_balanced_negatives_select(
-                max_iou,
-                negative,
-                num_neg,
-                max_num=self.batch_size_per_image,
+            kw = dict(
                 num_bins=self.num_bins,
                 floor_thresh=self.floor_thresh,
                 floor_fraction=self.floor_fraction,
                 upper=None if self.neg_bin_upper == "max_iou" else self.bg_iou_thresh,
             )
-            # pos_mask | (negatives picked); duplicates in idx carry keep=False
+            if max_iou.device.type == "cpu":  # no device to sync with: the numpy path
+                mask = pos_mask.clone()
+                mask[sample_iou_balanced_negatives(max_iou, negative, int(num_neg), **kw)] = True
+                return mask
+            # accelerators: sync-free path; pos_mask | (negatives picked), duplicates carry keep=False
+            idx, keep = iou_balanced_negatives_select(max_iou, negative, num_neg, max_num=self.batch_size_per_image, **kw)
             marked = pos_mask.to(torch.int32).index_put_((idx,), keep.to(torch.int32), accumulate=True)
             return marked > 0
         return pos_mask | random_subset_mask(negative, num_neg)

@@ -24,8 +24,10 @@ The two random stages use independent permutations, so "fill with random members
 taken" is uniform over those members (re-using the first permutation would bias the fill
 against the bins whose quota was reached early).
 """
+import threading
 from typing import Optional, Union
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -191,6 +193,76 @@ def iou_balanced_negatives_select(
     return torch.cat(parts_idx), torch.cat(parts_keep)
 
 
+_LOCAL = threading.local()
+
+
+def _numpy_rng(generator):
+    """A numpy Generator whose PCG64 state is set from two draws of the torch generator
+    (cheap: no seeding hash), so torch's seed governs the numpy path too."""
+    rng = getattr(_LOCAL, "rng", None)
+    if rng is None:
+        rng = _LOCAL.rng = np.random.Generator(np.random.PCG64(0))
+        _LOCAL.template = rng.bit_generator.state
+    a, b = torch.randint(0, 2**62, (2,), generator=generator).tolist()
+    state = dict(_LOCAL.template)
+    state["state"] = {"state": (a << 64) | b, "inc": (b << 1) | 1}
+    rng.bit_generator.state = state
+    return rng
+
+
+def _iou_balanced_negatives_numpy(max_iou, candidates, num, num_bins, floor_thresh, floor_fraction, upper, generator):
+    """CPU path: the same stages on compact index arrays with numpy (no device to sync with,
+    and numpy's per-call cost is a fraction of torch's on small arrays). Its randomness comes
+    from a numpy Generator seeded by one draw from the torch generator, so SEED and
+    ``generator`` keep runs repeatable."""
+    iou = max_iou.detach().numpy()
+    neg = candidates.numpy().nonzero()[0]
+    if len(neg) <= num:
+        return neg
+    rng = _numpy_rng(generator)
+    v = iou[neg]
+    if floor_thresh > 0:
+        in_iou = v >= floor_thresh
+    elif floor_thresh == 0:
+        in_iou = v > 0
+    else:
+        in_iou = None
+    if in_iou is None:
+        iou_idx, iou_v, floor_idx = neg, v, neg[:0]
+    else:
+        iou_idx, iou_v, floor_idx = neg[in_iou], v[in_iou], neg[~in_iou]
+    n_iou = int(num * (1.0 - floor_fraction))
+    m = len(iou_idx)
+    taken = np.zeros(m, dtype=bool)
+    if m <= n_iou:
+        taken[:] = True
+    elif num_bins == 1:
+        taken[rng.choice(m, n_iou, replace=False)] = True
+    else:
+        dt = iou_v.dtype.type
+        lo = dt(max(floor_thresh, 0.0))
+        hi = iou.max() if upper is None else dt(upper)
+        width = (hi - lo) / dt(num_bins)
+        q = n_iou // num_bins
+        for b in range(num_bins):  # K bins: a handful of vectorized passes each
+            members = np.nonzero((iou_v >= lo + dt(b) * width) & (iou_v < lo + dt(b + 1) * width) & (iou_v < hi))[0]
+            if len(members) > q:
+                members = members[rng.choice(len(members), q, replace=False)]
+            taken[members] = True
+        rest = (~taken).nonzero()[0]
+        need = n_iou - int(taken.sum())
+        taken[rest[rng.choice(len(rest), need, replace=False)]] = True
+    picked = iou_idx[taken]
+    n_floor = min(len(floor_idx), num - len(picked))
+    floor_pick = floor_idx[rng.choice(len(floor_idx), n_floor, replace=False)] if n_floor < len(floor_idx) else floor_idx
+    short = num - len(picked) - len(floor_pick)
+    parts = [picked, floor_pick]
+    if short > 0:  # the floor set ran short: fill from the IoU set's members not yet taken
+        left = iou_idx[~taken]
+        parts.append(left[rng.choice(len(left), min(short, len(left)), replace=False)])
+    return np.concatenate(parts)
+
+
 def sample_iou_balanced_negatives(
     max_iou: torch.Tensor,
     candidates: torch.Tensor,
@@ -201,6 +273,7 @@ def sample_iou_balanced_negatives(
     floor_fraction: float = 0.0,
     upper: Optional[float] = None,
     generator: Optional[torch.Generator] = None,
+    method: str = "auto",
 ) -> torch.Tensor:
     """IoU-balanced sampling of negatives for one image.
 
@@ -215,6 +288,8 @@ def sample_iou_balanced_negatives(
         floor_fraction: share of ``num`` reserved for the floor set, in [0, 1].
         upper: top edge of the bins; None means ``max_iou.max()``.
         generator: torch.Generator on the inputs' device, for repeatable draws.
+        method: "auto" (numpy on CPU tensors, the sync-free torch path elsewhere),
+            "numpy" or "torch". Both implement the same specification.
 
     Returns:
         int64 indices into [0, N), no repeats, ``min(num, candidates.sum())`` of them
@@ -230,6 +305,13 @@ def sample_iou_balanced_negatives(
         raise ValueError(f"floor_fraction must be in [0, 1], got {floor_fraction}")
     if num < 0:
         raise ValueError(f"num must be >= 0, got {num}")
+    if method not in ("auto", "numpy", "torch"):
+        raise ValueError(f"method must be 'auto', 'numpy' or 'torch', got {method!r}")
+    if method == "numpy" or (method == "auto" and max_iou.device.type == "cpu"):
+        idx = _iou_balanced_negatives_numpy(
+            max_iou.cpu(), candidates.bool().cpu(), int(num), int(num_bins), float(floor_thresh), float(floor_fraction), upper, generator
+        )
+        return torch.from_numpy(idx).to(device=max_iou.device, dtype=torch.int64)
     idx, keep = iou_balanced_negatives_select(
         max_iou,
         candidates.bool(),
