@@ -43,6 +43,10 @@ class LibraROIHeads(StandardROIHeads):
     grid, so the curves are comparable across images and runs).
     """
 
+    # "auto": numpy path for CPU tensors (no device to sync with), sync-free torch path on
+    # accelerators; "numpy" / "torch" force one (both implement DESIGN 2.1).
+    sampler_method = "auto"
+
     @configurable
     def __init__(
         self,
@@ -104,7 +108,7 @@ class LibraROIHeads(StandardROIHeads):
                 floor_fraction=self.floor_fraction,
                 upper=None if self.neg_bin_upper == "max_iou" else self.bg_iou_thresh,
             )
-            if max_iou.device.type == "cpu":  # no device to sync with: the numpy path
+            if self.sampler_method == "numpy" or (self.sampler_method == "auto" and max_iou.device.type == "cpu"):
                 mask = pos_mask.clone()
                 mask[sample_iou_balanced_negatives(max_iou, negative, int(num_neg), **kw)] = True
                 return mask

@@ -53,8 +53,9 @@ def test_losses_finite_with_and_without_gt(libra_cfg, loss_type):
     assert all(torch.isfinite(v) for v in losses.values())
 
 
-def neg_ious(libra_cfg, neg_sampler, seed):
+def neg_ious(libra_cfg, neg_sampler, seed, method="auto"):
     cfg, heads = small_heads(libra_cfg, "MODEL.LIBRA.NEG_SAMPLER", neg_sampler, "MODEL.LIBRA.POS_SAMPLER", "random")
+    heads.sampler_method = method
     heads.train()
     # one image: 1000 proposals far from the object (IoU 0) and 100 around it (low IoU)
     h, w = 256, 256
@@ -75,10 +76,11 @@ def neg_ious(libra_cfg, neg_sampler, seed):
     return pairwise_iou(gt.gt_boxes, sampled.proposal_boxes[neg]).max(0).values
 
 
-def test_iou_balanced_negatives_shift_the_histogram(libra_cfg):
+@pytest.mark.parametrize("method", ["numpy", "torch"])
+def test_iou_balanced_negatives_shift_the_histogram(libra_cfg, method):
     for seed in range(3):
         uni = neg_ious(libra_cfg, "random", seed)
-        bal = neg_ious(libra_cfg, "iou_balanced", seed)
+        bal = neg_ious(libra_cfg, "iou_balanced", seed, method)
         assert len(uni) == len(bal)
         # The gt box is appended as a proposal, so the bins are [0, 1/3), [1/3, 2/3),
         # [2/3, 1): bin 1 gets its full quota (num_neg // 3), the empty top bin's quota
