@@ -64,6 +64,17 @@ def tiny_case():
     return anchors, gt_boxes, pred
 
 
+def hand_loss(gt_boxes, beta):
+    """Balanced L1 summed over the positive anchors 0 and 2 of tiny_case, by hand."""
+    flat_anchors = [[0.0, 0, 20, 20], [30, 30, 50, 60], [5.0, 5, 45, 45]]
+    flat_pred = [[0.1, -0.2, 0.05, 0.3], [0, 0, 0, 0], [0.5, 0.02, -0.4, 2.0]]
+    total = 0.0
+    for i in (0, 2):
+        t = deltas(flat_anchors[i], gt_boxes[0][i].tolist(), (1.0, 1.0, 1.0, 1.0))
+        total += sum(bl1(p - q, beta=beta) for p, q in zip(flat_pred[i], t))
+    return total
+
+
 def test_retinanet_balanced_l1_equals_hand_computation(libra_cfg):
     model = build_model(libra_cfg("builtin/libra_retinanet_R_18_FPN_cpu.yaml"))
     assert type(model).__name__ == "LibraRetinaNet"
@@ -73,12 +84,7 @@ def test_retinanet_balanced_l1_equals_hand_computation(libra_cfg):
     logits = [torch.zeros(1, 2, k), torch.zeros(1, 1, k)]
     with EventStorage():
         losses = model.losses(anchors, logits, gt_labels, pred, gt_boxes)
-    flat_anchors = [[0.0, 0, 20, 20], [30, 30, 50, 60], [5.0, 5, 45, 45]]
-    flat_pred = [[0.1, -0.2, 0.05, 0.3], [0, 0, 0, 0], [0.5, 0.02, -0.4, 2.0]]
-    total = 0.0
-    for i in (0, 2):
-        t = deltas(flat_anchors[i], gt_boxes[0][i].tolist(), (1.0, 1.0, 1.0, 1.0))
-        total += sum(bl1(p - q, beta=0.11) for p, q in zip(flat_pred[i], t))
+    total = hand_loss(gt_boxes, beta=0.11)
     normalizer = 0.9 * 100 + 0.1 * 2  # detectron2's EMA of the foreground count, first step
     assert math.isclose(float(losses["loss_box_reg"]), total / normalizer, rel_tol=1e-5)
 
@@ -91,11 +97,6 @@ def test_rpn_balanced_l1_equals_hand_computation(libra_cfg):
     logits = [torch.zeros(1, 2), torch.zeros(1, 1)]
     with EventStorage():
         losses = rpn.losses(anchors, logits, gt_labels, pred, gt_boxes)
-    flat_anchors = [[0.0, 0, 20, 20], [30, 30, 50, 60], [5.0, 5, 45, 45]]
-    flat_pred = [[0.1, -0.2, 0.05, 0.3], [0, 0, 0, 0], [0.5, 0.02, -0.4, 2.0]]
-    total = 0.0
-    for i in (0, 2):
-        t = deltas(flat_anchors[i], gt_boxes[0][i].tolist(), (1.0, 1.0, 1.0, 1.0))
-        total += sum(bl1(p - q) for p, q in zip(flat_pred[i], t))
+    total = hand_loss(gt_boxes, beta=1.0)
     assert math.isclose(float(losses["loss_rpn_loc"]), total / (rpn.batch_size_per_image * 1), rel_tol=1e-5)
     assert math.isclose(float(losses["loss_rpn_cls"]), 3 * math.log(2) / rpn.batch_size_per_image, rel_tol=1e-5)
