@@ -153,12 +153,13 @@ def main(argv=None):
     fig.savefig(args.output, dpi=90)
 
     head = " | ".join(f"bin{i} [{edges[i]:.2f},{edges[i + 1]:.2f})" for i in range(k))
-    print(f"| negatives     | count | mean IoU | IoU = 0 | {head} | outside bins |")
+    print(f"| negatives     | count | mean IoU | IoU = 0 | {head} | outside bins* |")
     print("|" + "---|" * (k + 5))
     for name in ("all", "uniform", "iou_balanced"):
         r = rows[name]
         shares = " | ".join(f"{s:.3f}" for s in r["shares"])
         print(f"| {name:<13} | {r['count']:5d} | {r['mean_iou']:.3f}    | {r['zero_share']:.3f}   | {shares} |")
+    print("* IoU >= the image's upper edge, or an image without objects (no bins: every proposal has IoU 0)")
     print(f"plot written to {args.output}")
     return rows
 
