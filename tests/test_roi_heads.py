@@ -106,3 +106,41 @@ def test_uniform_fallback_is_detectron2_sampling(libra_cfg):
     for x, y in zip(a, b):
         assert torch.equal(x.proposal_boxes.tensor, y.proposal_boxes.tensor)
         assert torch.equal(x.gt_classes, y.gt_classes)
+
+
+def degenerate_case(heads_cfg, num_props, gt_boxes, gt_classes, h=256, w=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    features = {f"p{i}": torch.rand(1, 16, h // 2 ** i, w // 2 ** i, generator=g) for i in range(2, 7)}
+    images = ImageList(torch.zeros(1, 3, h, w), [(h, w)])
+    xy = torch.rand(num_props, 2, generator=g) * (w - 40)
+    boxes = torch.cat([xy, xy + 8 + torch.rand(num_props, 2, generator=g) * 30], 1)
+    props = [Instances((h, w), proposal_boxes=Boxes(boxes), objectness_logits=torch.rand(num_props, generator=g))]
+    gt = [Instances((h, w), gt_boxes=Boxes(gt_boxes), gt_classes=gt_classes)]
+    return images, features, props, gt
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["all_negative", "fewer_proposals_than_batch", "one_class", "thousand_boxes", "no_proposals_no_gt"],
+)
+def test_degenerate_inputs_give_finite_losses(libra_cfg, case):
+    opts = ["MODEL.ROI_HEADS.NUM_CLASSES", 1] if case == "one_class" else []
+    _, heads = small_heads(libra_cfg, *opts)
+    heads.train()
+    g = torch.Generator().manual_seed(1)
+    if case == "all_negative":  # ground truth far from every proposal; gt not appended
+        heads.proposal_append_gt = False
+        args = degenerate_case(heads, 300, torch.tensor([[240.0, 240, 255, 255]]), torch.tensor([0]))
+    elif case == "fewer_proposals_than_batch":
+        args = degenerate_case(heads, 10, torch.tensor([[10.0, 10, 40, 40]]), torch.tensor([2]))
+    elif case == "one_class":
+        args = degenerate_case(heads, 200, torch.tensor([[10.0, 10, 40, 40], [50, 50, 120, 100]]), torch.tensor([0, 0]))
+    elif case == "thousand_boxes":
+        xy = torch.rand(1000, 2, generator=g) * 220
+        gtb = torch.cat([xy, xy + 4 + torch.rand(1000, 2, generator=g) * 30], 1)
+        args = degenerate_case(heads, 2000, gtb, torch.randint(0, 4, (1000,), generator=g))
+    else:
+        args = degenerate_case(heads, 0, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    with EventStorage():
+        _, losses = heads(*args)
+    assert all(torch.isfinite(v) for v in losses.values()), losses
