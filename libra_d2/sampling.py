@@ -1,12 +1,24 @@
-"""Libra R-CNN samplers as pure, vectorized torch functions (no nn.Module, no cfg).
+"""Libra R-CNN samplers as pure, vectorized functions (no nn.Module, no cfg).
 
-Both samplers work on the proposals of one image and run entirely on the input's device:
-no Python loop over proposals, ground-truth boxes or bins, no host round trip until the
-final index extraction (``torch.nonzero``). "Take k at random from a set" is implemented
-by ranking the set's members in a random permutation and keeping the ranks below k, so
-every quota and fill of the specification becomes a mask comparison. The mask-returning
-variants (``*_mask``) accept the number to sample as a 0-d tensor too, which lets a caller
-avoid even that one synchronisation.
+Both samplers work on the proposals of one image. There is no Python loop over proposals
+or ground-truth boxes and no Python set; "take k at random from a set" is a rank
+comparison in a random order, so every quota and fill of the specification becomes a mask
+or index operation.
+
+The IoU-balanced negative sampler has two implementations of the same specification,
+picked by the tensors' device (``method="auto"``):
+
+* accelerators (``iou_balanced_negatives_select``): torch only, sync-free. Each bin's quota
+  is a ``topk`` of i.i.d. uniform keys over the bin's members, the fill a ``topk`` of a
+  second key vector over the members not yet taken; every count stays a tensor, so the one
+  host read is the final index extraction. ``num`` may itself be a 0-d tensor.
+* CPU tensors: the same stages on compact index arrays with numpy (nothing to synchronise
+  with, and numpy's per-call cost is a fraction of torch's on arrays of a few thousand),
+  seeded from the torch generator so SEED keeps runs repeatable.
+
+The positive sampler (``instance_balanced_positives_mask``) is torch only and sync-free:
+one random permutation ranks members inside their ground-truth group (a single int64 sort
+on (group, random position)); a second, independent permutation trims or fills.
 
 Semantics (see DESIGN.md section 2.1):
 
@@ -20,9 +32,9 @@ Semantics (see DESIGN.md section 2.1):
   ``n_iou`` from the IoU set; the rest from the floor set; any shortfall from the remaining
   negatives.
 
-The two random stages use independent permutations, so "fill with random members not yet
-taken" is uniform over those members (re-using the first permutation would bias the fill
-against the bins whose quota was reached early).
+The quota and fill stages always use independent randomness, so "fill with random members
+not yet taken" is uniform over those members (re-using the quota stage's order would bias
+the fill against the bins whose quota was reached early).
 """
 import threading
 from typing import Optional, Union
