@@ -15,6 +15,7 @@ from .sampling import (
     instance_balanced_positives_mask,
     iou_balanced_negatives_select,
     random_subset_mask,
+    sample_instance_balanced_positives,
     sample_iou_balanced_negatives,
 )
 
@@ -96,27 +97,37 @@ class LibraROIHeads(StandardROIHeads):
         positive = (gt_classes != -1) & (gt_classes != self.num_classes)
         negative = gt_classes == self.num_classes
         pos_cap = int(self.batch_size_per_image * self.positive_fraction)
+        kw = dict(
+            num_bins=self.num_bins,
+            floor_thresh=self.floor_thresh,
+            floor_fraction=self.floor_fraction,
+            upper=None if self.neg_bin_upper == "max_iou" else self.bg_iou_thresh,
+        )
+        if self.sampler_method == "numpy" or (self.sampler_method == "auto" and max_iou.device.type == "cpu"):
+            # CPU: nothing to synchronise with; compact numpy paths
+            mask = torch.zeros_like(positive)
+            if self.pos_sampler == "instance_balanced":
+                mask[sample_instance_balanced_positives(matched_idxs, positive, pos_cap)] = True
+            else:
+                mask |= random_subset_mask(positive, pos_cap)
+            num_neg = self.batch_size_per_image - int(mask.sum())
+            if self.neg_sampler == "iou_balanced":
+                mask[sample_iou_balanced_negatives(max_iou, negative, num_neg, **kw)] = True
+            else:
+                mask |= random_subset_mask(negative, num_neg)
+            return mask
+        # accelerators: sync-free paths, counts stay on the device
         if self.pos_sampler == "instance_balanced":
             pos_mask = instance_balanced_positives_mask(matched_idxs, positive, pos_cap)
         else:
             pos_mask = random_subset_mask(positive, pos_cap)
         num_neg = self.batch_size_per_image - pos_mask.sum()
-        if self.neg_sampler == "iou_balanced":
-            kw = dict(
-                num_bins=self.num_bins,
-                floor_thresh=self.floor_thresh,
-                floor_fraction=self.floor_fraction,
-                upper=None if self.neg_bin_upper == "max_iou" else self.bg_iou_thresh,
-            )
-            if self.sampler_method == "numpy" or (self.sampler_method == "auto" and max_iou.device.type == "cpu"):
-                mask = pos_mask.clone()
-                mask[sample_iou_balanced_negatives(max_iou, negative, int(num_neg), **kw)] = True
-                return mask
-            # accelerators: sync-free path; pos_mask | (negatives picked), duplicates carry keep=False
-            idx, keep = iou_balanced_negatives_select(max_iou, negative, num_neg, max_num=self.batch_size_per_image, **kw)
-            marked = pos_mask.to(torch.int32).index_put_((idx,), keep.to(torch.int32), accumulate=True)
-            return marked > 0
-        return pos_mask | random_subset_mask(negative, num_neg)
+        if self.neg_sampler != "iou_balanced":
+            return pos_mask | random_subset_mask(negative, num_neg)
+        idx, keep = iou_balanced_negatives_select(max_iou, negative, num_neg, max_num=self.batch_size_per_image, **kw)
+        # pos_mask | (negatives picked); duplicate entries of idx carry keep=False
+        marked = pos_mask.to(torch.int32).index_put_((idx,), keep.to(torch.int32), accumulate=True)
+        return marked > 0
 
     @torch.no_grad()
     def label_and_sample_proposals(self, proposals: List[Instances], targets: List[Instances]) -> List[Instances]:

@@ -337,12 +337,38 @@ def sample_iou_balanced_negatives(
     return idx[keep]
 
 
+def _instance_balanced_positives_numpy(matched_gt, candidates, num, generator):
+    """CPU path of the positive sampler: compact positives, group them by ground truth
+    (sorting only the positives), same quota / trim / fill as the torch path."""
+    pos = candidates.numpy().nonzero()[0]
+    if len(pos) <= num:
+        return pos
+    rng = _numpy_rng(generator)
+    _, group, counts = np.unique(matched_gt.numpy()[pos], return_inverse=True, return_counts=True)
+    quota = round(num / len(counts)) + 1  # Python's round: half to even
+    perm = rng.permutation(len(pos))
+    order = perm[np.argsort(group[perm], kind="stable")]  # grouped, random inside each group
+    rank = np.empty(len(pos), dtype=np.int64)
+    rank[order] = np.arange(len(pos)) - np.repeat(np.cumsum(counts) - counts, counts)
+    taken = rank < quota
+    n0 = int(taken.sum())
+    if n0 > num:  # trim to a random `num` of the quota picks
+        picks = taken.nonzero()[0]
+        taken[:] = False
+        taken[rng.choice(picks, num, replace=False)] = True
+    elif n0 < num:  # fill with random positives not yet taken
+        rest = (~taken).nonzero()[0]
+        taken[rng.choice(rest, num - n0, replace=False)] = True
+    return pos[taken]
+
+
 def sample_instance_balanced_positives(
     matched_gt: torch.Tensor,
     candidates: torch.Tensor,
     num: int,
     *,
     generator: Optional[torch.Generator] = None,
+    method: str = "auto",
 ) -> torch.Tensor:
     """Instance-balanced sampling of positives for one image.
 
@@ -352,6 +378,8 @@ def sample_instance_balanced_positives(
         candidates: bool[N], the positives.
         num: how many to sample.
         generator: torch.Generator on the inputs' device, for repeatable draws.
+        method: "auto" (numpy on CPU tensors, the sync-free torch path elsewhere),
+            "numpy" or "torch".
 
     Returns:
         int64 indices into [0, N), no repeats, ``min(num, candidates.sum())`` of them
@@ -361,5 +389,10 @@ def sample_instance_balanced_positives(
     _check_1d("candidates", candidates, matched_gt.numel())
     if num < 0:
         raise ValueError(f"num must be >= 0, got {num}")
+    if method not in ("auto", "numpy", "torch"):
+        raise ValueError(f"method must be 'auto', 'numpy' or 'torch', got {method!r}")
+    if method == "numpy" or (method == "auto" and matched_gt.device.type == "cpu"):
+        idx = _instance_balanced_positives_numpy(matched_gt.cpu(), candidates.bool().cpu(), int(num), generator)
+        return torch.from_numpy(idx).to(device=matched_gt.device, dtype=torch.int64)
     mask = instance_balanced_positives_mask(matched_gt, candidates.bool(), num, generator=generator)
     return torch.nonzero(mask).squeeze(1)

@@ -34,9 +34,11 @@ def inputs(h=128, w=160, num_props=400, seed=0):
     return images, features, props, [gt, empty]
 
 
+@pytest.mark.parametrize("method", ["numpy", "torch"])
 @pytest.mark.parametrize("loss_type", ["balanced_l1", "smooth_l1"])
-def test_losses_finite_with_and_without_gt(libra_cfg, loss_type):
+def test_losses_finite_with_and_without_gt(libra_cfg, loss_type, method):
     _, heads = small_heads(libra_cfg, "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", loss_type)
+    heads.sampler_method = method
     heads.train()
     images, features, props, targets = inputs()
     with EventStorage() as storage:
@@ -45,6 +47,7 @@ def test_losses_finite_with_and_without_gt(libra_cfg, loss_type):
         latest = storage.latest()
     assert set(losses) == {"loss_cls", "loss_box_reg"}
     assert all(torch.isfinite(v) for v in losses.values())
+    assert latest["roi_head/num_fg_samples"][0] + latest["roi_head/num_bg_samples"][0] == 64  # batch filled
     assert float(losses["loss_box_reg"]) > 0
     assert "libra/neg_iou_mean" in latest and "libra/neg_share_bin0" in latest
     # only-empty batch: still finite

@@ -156,8 +156,8 @@ def test_seed_repeatable(method):
     c = sample_iou_balanced_negatives(iou, cand, 100, generator=gen(8), method=method)
     assert torch.equal(a, b) and not torch.equal(a, c)
     gt = torch.randint(0, 5, (600,), generator=gen(1))
-    a = sample_instance_balanced_positives(gt, cand, 20, generator=gen(7))
-    b = sample_instance_balanced_positives(gt, cand, 20, generator=gen(7))
+    a = sample_instance_balanced_positives(gt, cand, 20, generator=gen(7), method=method)
+    b = sample_instance_balanced_positives(gt, cand, 20, generator=gen(7), method=method)
     assert torch.equal(a, b)
 
 
@@ -181,45 +181,45 @@ def test_100k_proposals(method):
     idx = sample_iou_balanced_negatives(iou, cand, 512, generator=g, method=method)
     check_contract(idx, cand, 512)
     gt = torch.randint(0, 1000, (n,), generator=g)
-    idx = sample_instance_balanced_positives(gt, cand, 128, generator=g)
+    idx = sample_instance_balanced_positives(gt, cand, 128, generator=g, method=method)
     check_contract(idx, cand, 128)
 
 
 # ---------------------------------------------------------------- positives
 
 
-def test_positives_fill_is_exact():
+def test_positives_fill_is_exact(method):
     gt = torch.cat([torch.zeros(100), torch.ones(5), torch.full((5,), 2)]).long()
     cand = torch.ones(110, dtype=torch.bool)
-    idx = sample_instance_balanced_positives(gt, cand, 30, generator=gen())
+    idx = sample_instance_balanced_positives(gt, cand, 30, generator=gen(), method=method)
     check_contract(idx, cand, 30)
     # G = 3, q = round(10) + 1 = 11: gt0 11, gt1 5, gt2 5, fill 9 from gt0
     assert torch.bincount(gt[idx], minlength=3).tolist() == [20, 5, 5]
 
 
-def test_positives_excess_is_trimmed_with_half_to_even_quota():
+def test_positives_excess_is_trimmed_with_half_to_even_quota(method):
     gt = torch.arange(4).repeat_interleave(50)
     cand = torch.ones(200, dtype=torch.bool)
     for seed in range(20):
-        idx = sample_instance_balanced_positives(gt, cand, 10, generator=gen(seed))
+        idx = sample_instance_balanced_positives(gt, cand, 10, generator=gen(seed), method=method)
         check_contract(idx, cand, 10)
         # q = round(2.5) + 1 = 3 (half to even); 12 taken, trimmed to 10
         assert int(torch.bincount(gt[idx], minlength=4).max()) <= 3
 
 
-def test_positives_one_and_zero_gt():
+def test_positives_one_and_zero_gt(method):
     gt = torch.zeros(300, dtype=torch.long)
     cand = torch.rand(300, generator=gen()) < 0.5
-    check_contract(sample_instance_balanced_positives(gt, cand, 40, generator=gen()), cand, 40)
+    check_contract(sample_instance_balanced_positives(gt, cand, 40, generator=gen(), method=method), cand, 40)
     none = torch.zeros(300, dtype=torch.bool)
-    assert sample_instance_balanced_positives(gt, none, 40).numel() == 0
+    assert sample_instance_balanced_positives(gt, none, 40, method=method).numel() == 0
     few = torch.zeros(300, dtype=torch.bool)
     few[[3, 9]] = True
-    assert sorted(sample_instance_balanced_positives(gt, few, 40).tolist()) == [3, 9]
+    assert sorted(sample_instance_balanced_positives(gt, few, 40, method=method).tolist()) == [3, 9]
 
 
-def test_positives_ignore_non_candidates_gt_ids():
+def test_positives_ignore_non_candidates_gt_ids(method):
     gt = torch.cat([torch.zeros(50), torch.full((50,), 7)]).long()
     cand = torch.cat([torch.ones(50), torch.zeros(50)]).bool()
-    idx = sample_instance_balanced_positives(gt, cand, 10, generator=gen())
+    idx = sample_instance_balanced_positives(gt, cand, 10, generator=gen(), method=method)
     check_contract(idx, cand, 10)
