@@ -6,7 +6,7 @@ of ``MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE``, ``MODEL.RPN.BBOX_REG_LOSS_TYPE`` a
 """
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_libra_config", "validate_libra_config", "LibraConfigError"]
+__all__ = ["add_libra_config", "validate_libra_config", "split_balanced_l1", "LibraConfigError"]
 
 POS_SAMPLERS = ("instance_balanced", "random")
 NEG_SAMPLERS = ("iou_balanced", "random")
@@ -138,3 +138,20 @@ def validate_libra_config(cfg):
                 f"max(FLOOR_THRESH, 0) ({lo})",
             )
     return cfg
+
+
+def split_balanced_l1(cfg, section, params_node):
+    """For a detectron2 head whose own loss code does not know "balanced_l1" (RPN, RETINANET):
+
+    returns ``(parent_cfg, params)``. When ``MODEL.<section>.BBOX_REG_LOSS_TYPE`` is
+    "balanced_l1", ``parent_cfg`` is a copy set to "smooth_l1" (the parent computes that
+    part, which the libra subclass then replaces) and ``params`` the dict(alpha, gamma,
+    beta) from ``MODEL.LIBRA.<params_node>``; otherwise ``(cfg, None)``.
+    """
+    if cfg.MODEL[section].BBOX_REG_LOSS_TYPE != "balanced_l1":
+        return cfg, None
+    parent = cfg.clone()
+    parent.defrost()
+    parent.MODEL[section].BBOX_REG_LOSS_TYPE = "smooth_l1"
+    p = cfg.MODEL.LIBRA[params_node]
+    return parent, dict(alpha=p.ALPHA, gamma=p.GAMMA, beta=p.BETA)

@@ -4,7 +4,7 @@ from detectron2.config import configurable
 from detectron2.modeling.meta_arch import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 
-from .config import validate_libra_config
+from .config import split_balanced_l1, validate_libra_config
 from .losses import balanced_l1_loss
 
 __all__ = ["LibraRetinaNet"]
@@ -30,14 +30,9 @@ class LibraRetinaNet(RetinaNet):
     @classmethod
     def from_config(cls, cfg):
         validate_libra_config(cfg)
-        use_bl1 = cfg.MODEL.RETINANET.BBOX_REG_LOSS_TYPE == "balanced_l1"
-        if use_bl1:
-            cfg = cfg.clone()
-            cfg.defrost()
-            cfg.MODEL.RETINANET.BBOX_REG_LOSS_TYPE = "smooth_l1"  # the parent's part, replaced below
-        ret = super().from_config(cfg)
-        p = cfg.MODEL.LIBRA.RETINANET_BALANCED_L1
-        ret["balanced_l1"] = dict(alpha=p.ALPHA, gamma=p.GAMMA, beta=p.BETA) if use_bl1 else None
+        parent_cfg, params = split_balanced_l1(cfg, "RETINANET", "RETINANET_BALANCED_L1")
+        ret = super().from_config(parent_cfg)
+        ret["balanced_l1"] = params
         return ret
 
     def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes):

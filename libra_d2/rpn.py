@@ -4,7 +4,7 @@ from detectron2.config import configurable
 from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY
 from detectron2.modeling.proposal_generator.rpn import RPN
 
-from .config import validate_libra_config
+from .config import split_balanced_l1, validate_libra_config
 from .losses import balanced_l1_loss
 from .sampling import random_subset_mask
 
@@ -49,15 +49,10 @@ class LibraRPN(RPN):
     @classmethod
     def from_config(cls, cfg, input_shape):
         validate_libra_config(cfg)
-        use_bl1 = cfg.MODEL.RPN.BBOX_REG_LOSS_TYPE == "balanced_l1"
-        if use_bl1:
-            cfg = cfg.clone()
-            cfg.defrost()
-            cfg.MODEL.RPN.BBOX_REG_LOSS_TYPE = "smooth_l1"  # the parent's part, replaced below
-        ret = super().from_config(cfg, input_shape)
-        p = cfg.MODEL.LIBRA.RPN_BALANCED_L1
+        parent_cfg, params = split_balanced_l1(cfg, "RPN", "RPN_BALANCED_L1")
+        ret = super().from_config(parent_cfg, input_shape)
         ret["neg_pos_ub"] = cfg.MODEL.LIBRA.RPN_NEG_POS_UB
-        ret["balanced_l1"] = dict(alpha=p.ALPHA, gamma=p.GAMMA, beta=p.BETA) if use_bl1 else None
+        ret["balanced_l1"] = params
         return ret
 
     def _subsample_labels(self, label):
