@@ -1,11 +1,14 @@
 # libra-d2: two commands do everything on a fresh machine.
 #   make demo   set up .venv, generate the built-in dataset, train + evaluate Libra R-CNN on CPU
 #   make test   set up .venv, run the test suite
+# Options: DETECTRON2_SRC=/path/to/detectron2 (build that source tree instead of the 0.6
+# fallback), VENV=folder (default .venv), TORCH_SPEC="torch==... torchvision==...".
 SHELL := /bin/bash
-PY := .venv/bin/python
+VENV ?= $(CURDIR)/.venv
+PY := $(VENV)/bin/python
 DEMO_CONFIG ?= configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml
 DEMO_OUT ?= output/demo
-export TORCH_SPEC PYTHON
+export TORCH_SPEC PYTHON VENV DETECTRON2_SRC
 
 .PHONY: setup demo test lint bench clean
 

@@ -73,10 +73,38 @@ def main(args):
     return res
 
 
+def check_launch(args):
+    """Several processes on CPU need a ``launch()`` that can use gloo (detectron2 main);
+    detectron2 0.6's hard-codes NCCL and would crash in every worker. Say so up front."""
+    if args.num_gpus * args.num_machines <= 1:
+        return
+    import torch
+
+    from libra_d2.utils.env import launch_supports_cpu
+
+    cfg = get_cfg()
+    libra_d2.add_libra_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    on_cpu = cfg.MODEL.DEVICE == "cpu" or not torch.cuda.is_available()
+    if on_cpu and not launch_supports_cpu():
+        raise LibraConfigError(
+            f"--num-gpus {args.num_gpus} x --num-machines {args.num_machines} on CPU: this detectron2's launch() "
+            "hard-codes the NCCL backend, which needs CUDA GPUs, so it cannot start several CPU processes. "
+            "Use --num-gpus 1, or a detectron2 whose launch() falls back to gloo (main; see the README)"
+        )
+    if on_cpu and args.num_gpus > 1 and torch.cuda.is_available() and cfg.MODEL.DEVICE == "cpu":
+        raise LibraConfigError(
+            "MODEL.DEVICE cpu with --num-gpus > 1 on a machine with CUDA: detectron2's launch() picks NCCL "
+            "whenever CUDA is available, which cannot reduce CPU tensors; train on the GPUs or with one process"
+        )
+
+
 def cli(argv=None):
     args = default_argument_parser().parse_args(argv)
     print("Command Line Args:", args)
     try:
+        check_launch(args)
         launch(
             main,
             args.num_gpus,

@@ -18,9 +18,14 @@ reported as a ratio of medians; the machine (CPU model, cores, torch) is recorde
   subprocess (peak RSS above the pre-run RSS; the kernel's peak mark is reset first). Target <= 5.0; the plain-matmul path's
   figure is printed beside it.
 
-Options: --device cuda (when a GPU is present), --reps N, --only NAME[,NAME].
+Stability: each speed ratio is the median over ``--rounds`` rounds (default 5) of per-round
+ratios of medians, with the garbage collector run before and paused during every timed call;
+the sampler's round-ratio range is printed beside it.
+
+Options: --device cuda (when a GPU is present), --reps N, --rounds N, --only NAME[,NAME].
 """
 import argparse
+import gc
 import json
 import os
 import platform
@@ -50,11 +55,36 @@ def sync(device):
 
 
 def timed(fn, device):
-    sync(device)
-    t = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t
+    """Wall time of one call, with Python's garbage collector run before and paused during it
+    (the reference sampler allocates large Python sets; a collection landing inside one side's
+    timing was the main source of run-to-run spread)."""
+    gc.collect()
+    gc.disable()
+    try:
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        return time.perf_counter() - t
+    finally:
+        gc.enable()
+
+
+def paired_ratio(fa, fb, device, rounds, reps):
+    """Ratio time(fa) / time(fb), robust to a noisy machine: ``rounds`` rounds of ``reps``
+    interleaved calls (a, b, a, b, ...); each round gives median(a) / median(b); the result is
+    the median over rounds. Also returns the per-side medians over all calls and the range of
+    the round ratios."""
+    ta, tb, ratios = [], [], []
+    for _ in range(rounds):
+        ra, rb = [], []
+        for _ in range(reps):
+            ra.append(timed(fa, device))
+            rb.append(timed(fb, device))
+        ratios.append(statistics.median(ra) / statistics.median(rb))
+        ta += ra
+        tb += rb
+    return statistics.median(ratios), statistics.median(ta), statistics.median(tb), (min(ratios), max(ratios))
 
 
 def iou_mix(n, device, seed=0):
@@ -65,7 +95,7 @@ def iou_mix(n, device, seed=0):
     return iou.to(device), (iou < 0.5).to(device)
 
 
-def bench_sampler(device, reps):
+def bench_sampler(device, reps, rounds):
     from benchmarks.reference_sampler import reference_iou_balanced_negatives
     from libra_d2.sampling import sample_iou_balanced_negatives
 
@@ -75,16 +105,16 @@ def bench_sampler(device, reps):
     try:
         for n, name in ((2000, "2k"), (100_000, "100k")):
             iou, cand = iou_mix(n, device)
-            ref_t, our_t = [], []
             for _ in range(3):
                 reference_iou_balanced_negatives(iou, cand, 384)
                 sample_iou_balanced_negatives(iou, cand, 384)
-            for _ in range(reps * 10):
-                ref_t.append(timed(lambda: reference_iou_balanced_negatives(iou, cand, 384), device))
-                our_t.append(timed(lambda: sample_iou_balanced_negatives(iou, cand, 384), device))
-            out[f"sampler_ref_ms_{name}"] = statistics.median(ref_t) * 1e3
-            out[f"sampler_ours_ms_{name}"] = statistics.median(our_t) * 1e3
-            out[f"sampler_speedup_{name}"] = statistics.median(ref_t) / statistics.median(our_t)
+            ratio, ref_t, our_t, spread = paired_ratio(
+                lambda: reference_iou_balanced_negatives(iou, cand, 384),
+                lambda: sample_iou_balanced_negatives(iou, cand, 384), device, rounds, reps * 10)
+            out[f"sampler_ref_ms_{name}"] = ref_t * 1e3
+            out[f"sampler_ours_ms_{name}"] = our_t * 1e3
+            out[f"sampler_speedup_{name}"] = ratio
+            out[f"sampler_speedup_{name}_round_min"], out[f"sampler_speedup_{name}_round_max"] = spread
         out["sampler_growth_2k_to_100k"] = out["sampler_ours_ms_100k"] / out["sampler_ours_ms_2k"]
     finally:
         torch.set_num_threads(threads)
@@ -161,7 +191,7 @@ class SectionTimer:
         setattr(obj, name, run)
 
 
-def bench_detector(device, reps):
+def bench_detector(device, reps, rounds):
     from detectron2.utils.events import EventStorage
 
     base, libra, batch = detector_pair(device)
@@ -189,16 +219,13 @@ def bench_detector(device, reps):
             fn(m)  # warm-up
             fn(m)
         timer.total.clear()
-        tb, tl = [], []
-        for _ in range(reps):
-            tb.append(timed(lambda: fn(base), device))
-            tl.append(timed(lambda: fn(libra), device))
         key = "train_iter_ratio" if mode == "train" else "infer_ratio"
-        out[key] = statistics.median(tl) / statistics.median(tb)
-        out[f"{mode}_iter_s_baseline"] = statistics.median(tb)
-        out[f"{mode}_iter_s_libra"] = statistics.median(tl)
+        ratio, tl, tb, _ = paired_ratio(lambda: fn(libra), lambda: fn(base), device, rounds, reps)
+        out[key] = ratio
+        out[f"{mode}_iter_s_baseline"] = tb
+        out[f"{mode}_iter_s_libra"] = tl
         for k, v in timer.total.items():
-            out[f"{mode}_libra_{k}_ms_per_iter"] = v / reps * 1e3
+            out[f"{mode}_libra_{k}_ms_per_iter"] = v / (reps * rounds) * 1e3
     return out
 
 
@@ -242,11 +269,12 @@ def bfp_peak_kb(h, w, sdpa, device):
     return json.loads(out.strip().splitlines()[-1])["peak_kb"]
 
 
-def bench_bfp_memory(device, reps):
+def bench_bfp_memory(device, reps, rounds):
     out = {}
     for sdpa, name in ((True, "sdpa"), (False, "matmul")):
-        small = statistics.median(bfp_peak_kb(50, 84, sdpa, device) for _ in range(max(1, reps // 3)))
-        large = statistics.median(bfp_peak_kb(100, 168, sdpa, device) for _ in range(max(1, reps // 3)))
+        n = max(3, rounds // 2 + 1)
+        small = statistics.median(bfp_peak_kb(50, 84, sdpa, device) for _ in range(n))
+        large = statistics.median(bfp_peak_kb(100, 168, sdpa, device) for _ in range(n))
         out[f"bfp_peak_mb_50x84_{name}"] = small / 1024
         out[f"bfp_peak_mb_100x168_{name}"] = large / 1024
         growth = large / small
@@ -270,7 +298,8 @@ def machine(device):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--reps", type=int, default=7, help="timed repetitions per side (sampler: 10x)")
+    ap.add_argument("--reps", type=int, default=3, help="timed repetitions per side and round (sampler: 10x)")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds; a ratio is the median of the rounds' ratios")
     ap.add_argument("--only", default="sampler,detector,bfp_memory")
     ap.add_argument("--output", default=os.path.join(ROOT, "output/bench/results.json"))
     args = ap.parse_args(argv)
@@ -280,7 +309,7 @@ def main(argv=None):
     for name in args.only.split(","):
         t = time.time()
         print(f"[bench] {name} ...", flush=True)
-        results.update(benches[name](device, args.reps))
+        results.update(benches[name](device, args.reps, args.rounds))
         print(f"[bench] {name} done in {time.time() - t:.0f} s", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:

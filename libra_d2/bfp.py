@@ -10,7 +10,10 @@ from torch import nn
 
 from .config import LibraConfigError, validate_libra_config
 
-__all__ = ["BFP", "NonLocal2d", "ConvRefine", "BFPFPN", "build_resnet_bfp_backbone", "build_retinanet_resnet_bfp_backbone"]
+__all__ = [
+    "BFP", "NonLocal2d", "ConvRefine", "BFPFPN", "LastLevelP6P7NoReLU", "build_resnet_bfp_backbone",
+    "build_retinanet_resnet_bfp_backbone",
+]
 
 REFINE_TYPES = ("non_local", "conv", "none")
 
@@ -38,7 +41,8 @@ class NonLocal2d(nn.Module):
     ``F.scaled_dot_product_attention(scale=1.0)`` on contiguous [B, 1, HW, C] tensors so
     memory-efficient (flash) kernels are used where the device has them, on CPU too: memory
     stays linear in H*W. ``use_sdpa=False`` materialises the HW x HW matrix (for export or
-    old torch).
+    old torch). The attention is computed in float32 whatever the input dtype or autocast
+    state (unscaled logits overflow float16), then cast back.
     """
 
     def __init__(self, channels: int, use_sdpa: bool = True):
@@ -60,11 +64,17 @@ class NonLocal2d(nn.Module):
         q = self.theta(x).flatten(2).transpose(1, 2).contiguous()
         k = self.phi(x).flatten(2).transpose(1, 2).contiguous()
         v = self.g(x).flatten(2).transpose(1, 2).contiguous()
-        if self.use_sdpa:
-            y = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=1.0).squeeze(1)
-        else:
-            y = torch.softmax(torch.bmm(q, k.transpose(1, 2)), dim=-1).bmm(v)
-        y = y.transpose(1, 2).reshape(b, c, h, w)
+        out_dtype = v.dtype
+        # The logits q.k are unscaled sums over C channels: with a trained FPN's activations
+        # they can pass float16's largest value (65504). So the attention always runs in
+        # float32, also under autocast / on half inputs, and the result is cast back.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            q, k, v = q.float(), k.float(), v.float()
+            if self.use_sdpa:
+                y = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=1.0).squeeze(1)
+            else:
+                y = torch.softmax(torch.bmm(q, k.transpose(1, 2)), dim=-1).bmm(v)
+        y = y.to(out_dtype).transpose(1, 2).reshape(b, c, h, w)
         return x + self.conv_out(y)
 
 
@@ -139,6 +149,16 @@ class BFP(nn.Module):
         return outs
 
 
+class LastLevelP6P7NoReLU(LastLevelP6P7):
+    """RetinaNet's extra levels as the reference builds them: P6 = conv(C5), P7 = conv(P6),
+    with no ReLU in between (detectron2's :class:`LastLevelP6P7` applies one). Same
+    parameters and state-dict names (``p6``, ``p7``)."""
+
+    def forward(self, c5):
+        p6 = self.p6(c5)
+        return [p6, self.p7(p6)]
+
+
 class BFPFPN(FPN):
     """Detectron2's FPN followed by a :class:`BFP` over all of its outputs.
 
@@ -189,16 +209,18 @@ def build_resnet_bfp_backbone(cfg, input_shape):
 
 @BACKBONE_REGISTRY.register()
 def build_retinanet_resnet_bfp_backbone(cfg, input_shape):
-    """ResNet + FPN (p3..p7, P6/P7 from res5) + BFP. Libra RetinaNet uses REFINE_LEVEL 1 (p4)."""
+    """ResNet + FPN (p3..p7, P6/P7 from res5) + BFP. Libra RetinaNet uses REFINE_LEVEL 1 (p4).
+    ``MODEL.LIBRA.P7_RELU: False`` drops the ReLU between P6 and P7 (the reference's FPN)."""
     bottom_up = build_resnet_backbone(cfg, input_shape)
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
+    top = LastLevelP6P7 if cfg.MODEL.LIBRA.P7_RELU else LastLevelP6P7NoReLU
     names = [f"p{int(f[-1])}" for f in cfg.MODEL.FPN.IN_FEATURES] + ["(P6)", "(P7)"]
     return BFPFPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=out_channels,
         norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelP6P7(bottom_up.output_shape()["res5"].channels, out_channels),
+        top_block=top(bottom_up.output_shape()["res5"].channels, out_channels),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
         **_bfp_args(cfg, _num_levels(cfg, 2), names),
     )

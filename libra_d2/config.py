@@ -56,6 +56,14 @@ def add_libra_config(cfg):
     # (max(1, #positives) * UB). -1 disables the cap (detectron2's behaviour).
     _C.MODEL.LIBRA.RPN_NEG_POS_UB = -1.0
 
+    # RetinaNet FPN top block: True = detectron2's LastLevelP6P7 (P7 = conv(relu(P6)));
+    # False = the reference implementation's (P7 = conv(P6), no ReLU). Used by the libra-d2
+    # RetinaNet backbones; converted reference checkpoints set False.
+    _C.MODEL.LIBRA.P7_RELU = True
+    # LibraRetinaNet: clip each level's decoded boxes to the image before class-wise NMS (the
+    # reference's order). False: detectron2's order (NMS, then clip in post-processing).
+    _C.MODEL.LIBRA.RETINANET_CLIP_BEFORE_NMS = False
+
     # Training stream addressed by position with per-sample seeds, so --resume continues
     # exactly (libra_d2.training.LibraTrainer). False: detectron2's own train loader.
     _C.DATALOADER.EXACT_RESUME = True
@@ -127,6 +135,10 @@ def validate_libra_config(cfg):
         _fail("MODEL.LIBRA.RPN_NEG_POS_UB", ub, "-1 (off) or a value >= 0")
     _check_number(cfg, "MODEL.BFP.REFINE_LEVEL", lo=0, integer=True)
     _check_choice(cfg, "MODEL.BFP.REFINE_TYPE", REFINE_TYPES)
+    for key in ("MODEL.LIBRA.P7_RELU", "MODEL.LIBRA.RETINANET_CLIP_BEFORE_NMS"):
+        if not isinstance(_get(cfg, key), bool):
+            _fail(key, _get(cfg, key), "True or False")
+    _check_balanced_l1_owners(cfg)
     if cfg.MODEL.LIBRA.NEG_BIN_UPPER == "bg_thresh":
         bg = cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0]
         lo = max(float(cfg.MODEL.LIBRA.FLOOR_THRESH), 0.0)
@@ -138,6 +150,31 @@ def validate_libra_config(cfg):
                 f"max(FLOOR_THRESH, 0) ({lo})",
             )
     return cfg
+
+
+def _check_balanced_l1_owners(cfg):
+    """ "balanced_l1" is a libra-d2 loss type: only libra-d2's components (or subclasses)
+    know it. With detectron2's own head it would fail at the first loss computation with
+    "Invalid bbox reg loss type"; say which component to use instead, before training."""
+    from detectron2.modeling import META_ARCH_REGISTRY, PROPOSAL_GENERATOR_REGISTRY, ROI_HEADS_REGISTRY
+
+    owners = (
+        ("MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", "MODEL.ROI_HEADS.NAME", ROI_HEADS_REGISTRY, "LibraROIHeads"),
+        ("MODEL.RPN.BBOX_REG_LOSS_TYPE", "MODEL.PROPOSAL_GENERATOR.NAME", PROPOSAL_GENERATOR_REGISTRY, "LibraRPN"),
+        ("MODEL.RETINANET.BBOX_REG_LOSS_TYPE", "MODEL.META_ARCHITECTURE", META_ARCH_REGISTRY, "LibraRetinaNet"),
+    )
+    for loss_key, name_key, registry, libra_name in owners:
+        if _get(cfg, loss_key) != "balanced_l1":
+            continue
+        name = _get(cfg, name_key)
+        try:
+            cls, libra_cls = registry.get(name), registry.get(libra_name)
+        except KeyError:  # unknown names are detectron2's own error to report
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, libra_cls)):
+            _fail(loss_key, "balanced_l1", f"with {name_key} = {libra_name!r} (or a subclass), not {name!r}; "
+                  "for Balanced L1 alone on the box head, use LibraROIHeads with MODEL.LIBRA.POS_SAMPLER and "
+                  "NEG_SAMPLER 'random'")
 
 
 def split_balanced_l1(cfg, section, params_node):

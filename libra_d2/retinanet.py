@@ -20,12 +20,19 @@ class LibraRetinaNet(RetinaNet):
     detectron2 divides its own box loss. Libra RetinaNet = this + the
     ``build_retinanet_resnet_bfp_backbone`` backbone (see configs). Other loss types are
     detectron2's.
+
+    ``MODEL.LIBRA.RETINANET_CLIP_BEFORE_NMS`` (default False, detectron2's order): when True,
+    each level's decoded boxes are clipped to the (resized) image before class-wise NMS, as
+    the reference implementation does; detectron2 runs NMS on unclipped boxes and clips in
+    post-processing, which keeps a different set when boxes overlap only outside the image.
+    Converted reference checkpoints set it.
     """
 
     @configurable
-    def __init__(self, *args, balanced_l1=None, **kwargs):
+    def __init__(self, *args, balanced_l1=None, clip_before_nms=False, **kwargs):
         super().__init__(*args, **kwargs)
         self.balanced_l1 = balanced_l1
+        self.clip_before_nms = bool(clip_before_nms)
 
     @classmethod
     def from_config(cls, cfg):
@@ -33,7 +40,18 @@ class LibraRetinaNet(RetinaNet):
         parent_cfg, params = split_balanced_l1(cfg, "RETINANET", "RETINANET_BALANCED_L1")
         ret = super().from_config(parent_cfg)
         ret["balanced_l1"] = params
+        ret["clip_before_nms"] = cfg.MODEL.LIBRA.RETINANET_CLIP_BEFORE_NMS
         return ret
+
+    def _decode_per_level_predictions(self, anchors, pred_scores, pred_deltas, score_thresh, topk_candidates,
+                                      image_size):
+        """detectron2's per-level decoding (threshold, top-k, box decoding); with
+        ``clip_before_nms`` the level's boxes are then clipped to ``image_size`` (H, W)."""
+        pred = super()._decode_per_level_predictions(anchors, pred_scores, pred_deltas, score_thresh,
+                                                     topk_candidates, image_size)
+        if self.clip_before_nms:
+            pred.pred_boxes.clip(image_size)
+        return pred
 
     def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes):
         losses = super().losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)

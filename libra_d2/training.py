@@ -22,6 +22,7 @@ What it adds to DefaultTrainer (same hooks, writers, evaluation):
 * A non-finite loss stops training (detectron2's FloatingPointError, raised before the
   optimizer step), so no checkpoint with diverged weights is written.
 """
+import contextlib
 import logging
 import os
 import random
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
+import detectron2.engine.defaults as d2_defaults
 from detectron2.engine import DefaultTrainer, HookBase
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
@@ -173,13 +175,41 @@ class IterationSeedHook(HookBase):
         self.base_seed = int(state["base_seed"])
 
 
+@contextlib.contextmanager
+def _cpu_ddp_without_device_ids():
+    """While active, detectron2's ``create_ddp_model`` (main) wraps CPU models in DDP without
+    ``device_ids`` (it passes ``[local_rank]`` whatever the device, which DDP rejects for CPU
+    modules). GPU models are wrapped exactly as detectron2 does. No-op where detectron2 has no
+    ``create_ddp_model`` (0.6, whose launch() cannot start CPU processes anyway)."""
+    original = getattr(d2_defaults, "create_ddp_model", None)
+    if original is None:
+        yield
+        return
+
+    def create_ddp_model(model, **kwargs):
+        params = list(model.parameters())
+        if comm.get_world_size() > 1 and "device_ids" not in kwargs and params and params[0].device.type == "cpu":
+            kwargs["device_ids"] = None
+        return original(model, **kwargs)
+
+    d2_defaults.create_ddp_model = create_ddp_model
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = original
+
+
 class LibraTrainer(DefaultTrainer):
-    """DefaultTrainer + COCOEvaluator + exact resume, atomic checkpoints and data checks."""
+    """DefaultTrainer + COCOEvaluator + exact resume, atomic checkpoints and data checks.
+
+    Multi-process training on CPU (gloo, detectron2 main's launch) works too: the model is
+    wrapped in DDP without GPU device ids."""
 
     def __init__(self, cfg):
         seed = cfg.SEED if cfg.SEED >= 0 else seed_from(os.getpid(), int.from_bytes(os.urandom(4), "little"))
         self._seed_hook = IterationSeedHook(seed)
-        super().__init__(cfg)
+        with _cpu_ddp_without_device_ids():
+            super().__init__(cfg)
 
     # ----------------------------------------------------------------- data
     @classmethod

@@ -48,3 +48,17 @@ def test_missing_keys_explained():
 
     with pytest.raises(LibraConfigError, match="add_libra_config"):
         validate_libra_config(get_cfg())
+
+
+def test_balanced_l1_with_a_head_that_does_not_know_it_is_rejected(libra_cfg):
+    import libra_d2
+    from libra_d2.config import LibraConfigError
+
+    cfg = libra_cfg("builtin/faster_rcnn_R_18_FPN_cpu.yaml", "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", "balanced_l1")
+    with pytest.raises(LibraConfigError, match="MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = 'balanced_l1'.*LibraROIHeads.*StandardROIHeads"):
+        libra_d2.validate_libra_config(cfg)
+    cfg.MODEL.ROI_HEADS.NAME = "LibraROIHeads"
+    libra_d2.validate_libra_config(cfg)
+    cfg.MODEL.RPN.BBOX_REG_LOSS_TYPE = "balanced_l1"
+    with pytest.raises(LibraConfigError, match="MODEL.RPN.BBOX_REG_LOSS_TYPE.*LibraRPN"):
+        libra_d2.validate_libra_config(cfg)

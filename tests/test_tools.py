@@ -125,3 +125,76 @@ def test_demo_and_plot_on_builtin(shapes_root, tmp_path, libra_cfg):
     assert os.path.getsize(tmp_path / "plot.png") > 5000
     for row in ("all", "uniform", "iou_balanced"):
         assert abs(sum(table[row]["shares"]) - 1.0) < 1e-6 or table[row]["count"] == 0
+
+
+def test_converted_retinanet_follows_the_reference_neck_and_nms_order(libra_cfg, tmp_path):
+    """The reference's semantics written out here from their definitions (no ReLU between P6
+    and P7; per level: score threshold, top-k, decode, clip to the image; then class-wise
+    NMS and the top 100), compared with the converted libra-d2 RetinaNet."""
+    import torch.nn.functional as F
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import get_cfg
+    from detectron2.modeling.backbone.fpn import FPN
+    from torchvision.ops import batched_nms
+
+    import libra_d2
+    from tools.convert_mmdet_checkpoint import main as convert
+
+    torch.manual_seed(0)
+    src = build_model(libra_cfg("COCO-Detection/libra_retinanet_R_50_FPN_1x.yaml", "MODEL.WEIGHTS", "",
+                                "MODEL.RESNETS.STRIDE_IN_1X1", False))
+    for p in src.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    sd = reference_state_dict(src, "retinanet")
+    torch.save({"state_dict": sd}, tmp_path / "ref.pth")
+    convert(["--input", str(tmp_path / "ref.pth"), "--output", str(tmp_path / "out.pth")])
+    cfg = get_cfg()
+    libra_d2.add_libra_config(cfg)
+    cfg.merge_from_file(str(tmp_path / "out.yaml"))
+    assert cfg.MODEL.LIBRA.P7_RELU is False and cfg.MODEL.LIBRA.RETINANET_CLIP_BEFORE_NMS is True
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    model.eval()
+
+    h, w = 160, 224
+    image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(1)) * 255
+    x = ((image[[2, 1, 0]] if cfg.INPUT.FORMAT == "BGR" else image) - model.pixel_mean) / model.pixel_std
+    with torch.no_grad():
+        c5 = model.backbone.bottom_up(x[None])["res5"]
+        p6 = F.conv2d(c5, sd["neck.0.fpn_convs.3.conv.weight"], sd["neck.0.fpn_convs.3.conv.bias"], stride=2, padding=1)
+        p7 = F.conv2d(p6, sd["neck.0.fpn_convs.4.conv.weight"], sd["neck.0.fpn_convs.4.conv.bias"], stride=2, padding=1)
+        fpn = FPN.forward(model.backbone, x[None])  # the FPN part of the neck, before BFP
+        torch.testing.assert_close(fpn["p6"], p6, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fpn["p7"], p7, rtol=1e-5, atol=1e-6)
+        with_relu = F.conv2d(F.relu(p6), sd["neck.0.fpn_convs.4.conv.weight"], sd["neck.0.fpn_convs.4.conv.bias"],
+                             stride=2, padding=1)
+        assert (with_relu - p7).abs().max() > 1e-3  # the ReLU would have mattered here
+
+        # detections in the reference's order
+        feats = model.backbone(x[None])
+        levels = [feats[f] for f in cfg.MODEL.RETINANET.IN_FEATURES]
+        logits, deltas = model.head(levels)
+        anchors = model.anchor_generator(levels)
+        k = cfg.MODEL.RETINANET.NUM_CLASSES
+        boxes_all, scores_all, classes_all = [], [], []
+        for lg, dl, anc in zip(logits, deltas, anchors):
+            scores = lg[0].permute(1, 2, 0).reshape(-1, k).sigmoid().flatten()  # (H, W, A, K) order
+            dl = dl[0].permute(1, 2, 0).reshape(-1, 4)
+            keep = scores > cfg.MODEL.RETINANET.SCORE_THRESH_TEST
+            idx = keep.nonzero().flatten()
+            top = scores[idx].topk(min(cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST, idx.numel()))
+            idx = idx[top.indices]
+            a, c = idx // k, idx % k
+            b = model.box2box_transform.apply_deltas(dl[a], anc.tensor[a])
+            b[:, 0::2] = b[:, 0::2].clamp(0, w)
+            b[:, 1::2] = b[:, 1::2].clamp(0, h)
+            boxes_all.append(b)
+            scores_all.append(top.values)
+            classes_all.append(c)
+        boxes, scores, classes = torch.cat(boxes_all), torch.cat(scores_all), torch.cat(classes_all)
+        keep = batched_nms(boxes, scores, classes, cfg.MODEL.RETINANET.NMS_THRESH_TEST)[:100]
+        got = model([{"image": image, "height": h, "width": w}])[0]["instances"]
+    assert len(got) == len(keep) == 100
+    torch.testing.assert_close(got.pred_boxes.tensor, boxes[keep], rtol=0, atol=1e-3)
+    torch.testing.assert_close(got.scores, scores[keep], rtol=0, atol=1e-6)
+    assert torch.equal(got.pred_classes, classes[keep])

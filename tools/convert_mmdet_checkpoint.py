@@ -111,6 +111,10 @@ def build_config(arch, state_dict):
         a = len(retinanet_anchor_order())
         num_classes = state_dict["bbox_head.retina_cls.weight"].shape[0] // a
         cfg.MODEL.RETINANET.NUM_CLASSES = num_classes
+        # the reference's RetinaNet neck: P7 = conv(P6) without a ReLU; its test path clips
+        # each level's boxes to the image before NMS
+        cfg.MODEL.LIBRA.P7_RELU = False
+        cfg.MODEL.LIBRA.RETINANET_CLIP_BEFORE_NMS = True
     depth = 50
     blocks = {int(m.group(1)) for k in state_dict for m in [re.match(r"^backbone\.layer3\.(\d+)\.", k)] if m}
     if blocks and max(blocks) + 1 == 23:

@@ -8,6 +8,11 @@
 #   VENV         venv folder (default: .venv in the repository root)
 #   TORCH_SPEC   what to install when no working torch is found in the venv
 #                (default: the pair this project is tested with)
+#   DETECTRON2_SRC  a local detectron2 source tree (e.g. a clone of main): build it (C++ ops
+#                compiled for CPU, or CUDA where torch sees a GPU) and install it into the
+#                venv instead of keeping another detectron2 or using the 0.6 fallback.
+#                Re-runs rebuild when the tree's git commit changes. Use a separate VENV to
+#                keep both, e.g. `make test DETECTRON2_SRC=~/detectron2 VENV=.venv-main`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -18,7 +23,17 @@ PY="$VENV/bin/python"
 PIP="$PY -m pip --disable-pip-version-check"
 say() { echo "[setup] $*"; }
 
-stamp_key=$(cat setup.cfg pyproject.toml tools/setup_env.sh tools/install_detectron2.py | sha256sum | cut -c1-16)
+D2_SRC=${DETECTRON2_SRC:-}
+D2_ID=""
+if [[ -n $D2_SRC ]]; then
+  if [[ ! -f $D2_SRC/setup.py || ! -d $D2_SRC/detectron2 ]]; then
+    echo "[setup] DETECTRON2_SRC=$D2_SRC is not a detectron2 source tree (needs setup.py and detectron2/)" >&2
+    exit 1
+  fi
+  D2_SRC=$(cd "$D2_SRC" && pwd)
+  D2_ID="$D2_SRC@$(git -C "$D2_SRC" rev-parse HEAD 2>/dev/null || echo no-git)"
+fi
+stamp_key=$( (cat setup.cfg pyproject.toml tools/setup_env.sh tools/install_detectron2.py; echo "$D2_ID") | sha256sum | cut -c1-16)
 STAMP="$VENV/.libra_d2_setup_$stamp_key"
 
 if [[ -f $STAMP ]] && "$PY" -c "import torch, torchvision, detectron2, libra_d2" >/dev/null 2>&1; then
@@ -39,9 +54,25 @@ else
   $PIP install $TORCH_SPEC
 fi
 
-# detectron2: keep an importable one; otherwise build the Python part of v0.6.
+# detectron2: a given source tree; else keep an importable one; else build the Python part of v0.6.
 CONSTRAINTS="$VENV/libra_d2_constraints.txt"
-if "$PY" -c "import detectron2" >/dev/null 2>&1 && [[ ! -f $CONSTRAINTS ]]; then
+D2_RECORD="$VENV/libra_d2_detectron2_source"
+if [[ -n $D2_SRC ]]; then
+  if [[ -f $D2_RECORD && $(cat "$D2_RECORD") == "$D2_ID" ]] && "$PY" -c "import detectron2" >/dev/null 2>&1; then
+    say "detectron2: already built from $D2_ID"
+  else
+    if [[ -s $CONSTRAINTS ]]; then
+      say "detectron2: this venv holds the 0.6 fallback and its pins (numpy<1.24, Pillow<10); removing them for $D2_SRC"
+      $PIP uninstall -y detectron2 >/dev/null 2>&1 || true
+    fi
+    : > "$CONSTRAINTS"
+    say "detectron2: building and installing $D2_ID (C++ ops compiled here; a few minutes)"
+    $PIP install "setuptools>=64" wheel ninja
+    # no build isolation: the build needs the venv's torch
+    $PIP install --no-build-isolation "$D2_SRC"
+    echo "$D2_ID" > "$D2_RECORD"
+  fi
+elif "$PY" -c "import detectron2" >/dev/null 2>&1 && [[ ! -f $CONSTRAINTS ]]; then
   say "detectron2: keeping the installed $("$PY" -c 'import detectron2; print(detectron2.__version__, "at", detectron2.__path__[0])')"
   : > "$CONSTRAINTS"
 elif [[ -f $CONSTRAINTS ]] && "$PY" -c "import detectron2" >/dev/null 2>&1; then

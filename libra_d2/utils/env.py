@@ -11,3 +11,14 @@ def detectron2_has_cpp_ops() -> bool:
     except ImportError:
         return False
     return not getattr(_C, "IS_PLACEHOLDER", False)
+
+
+@functools.lru_cache(maxsize=None)
+def launch_supports_cpu() -> bool:
+    """True when detectron2's ``launch()`` can start several CPU processes (it picks the gloo
+    backend without CUDA: detectron2 main); False where it hard-codes NCCL (0.6)."""
+    import inspect
+
+    from detectron2.engine import launch as launch_mod
+
+    return "gloo" in inspect.getsource(inspect.getmodule(launch_mod)).lower()

@@ -1,0 +1,235 @@
+"""Seeded ablations: run plans, paired statistics and reports (used by ``tools/ablate.py``).
+
+A *plan* is a list of named variants (a config file plus extra ``KEY VALUE`` options), one
+of them the baseline, times a list of seeds. Every (variant, seed) pair is one training run
+of ``train_net.py`` in its own output folder; the runs of two variants with the same seed
+form a *pair*, and a component's effect is estimated from the per-seed differences
+(variant - baseline) with a Student-t 95% confidence interval. The statistics here are pure
+functions of metric dicts so they can be checked on synthetic numbers.
+"""
+import json
+import math
+import os
+import statistics
+
+__all__ = [
+    "METRICS", "Variant", "PRESETS", "preset_plan", "t_quantile", "summarize_metric",
+    "paired_difference", "verdict", "build_report", "report_markdown", "run_status",
+]
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+class Variant:
+    """One named configuration of an ablation: ``config_file`` plus ``opts`` (flat KEY VALUE list)."""
+
+    def __init__(self, name, config_file, opts=()):
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"variant name {name!r} is not usable as a folder name")
+        self.name, self.config_file, self.opts = name, config_file, list(opts)
+        if len(self.opts) % 2:
+            raise ValueError(f"variant {name}: options must be KEY VALUE pairs, got {self.opts}")
+
+    def to_dict(self):
+        return {"name": self.name, "config_file": self.config_file, "opts": self.opts}
+
+
+# Component switches on a plain baseline; each turns on one Libra part alone.
+_RCNN_SWITCHES = {
+    "sampling": ["MODEL.ROI_HEADS.NAME", "LibraROIHeads"],
+    "bfp": ["MODEL.BACKBONE.NAME", "build_resnet_bfp_backbone"],
+    # the box loss lives in LibraROIHeads' predictor; uniform samplers keep detectron2's sampling
+    "balanced_l1": ["MODEL.ROI_HEADS.NAME", "LibraROIHeads", "MODEL.LIBRA.POS_SAMPLER", "random",
+                    "MODEL.LIBRA.NEG_SAMPLER", "random", "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", "balanced_l1"],
+    "rpn_cap": ["MODEL.PROPOSAL_GENERATOR.NAME", "LibraRPN", "MODEL.LIBRA.RPN_NEG_POS_UB", "5.0"],
+}
+_RETINA_SWITCHES = {
+    "bfp": ["MODEL.META_ARCHITECTURE", "LibraRetinaNet", "MODEL.BACKBONE.NAME", "build_retinanet_resnet_bfp_backbone",
+            "MODEL.BFP.REFINE_LEVEL", "1"],
+    "balanced_l1": ["MODEL.META_ARCHITECTURE", "LibraRetinaNet", "MODEL.RETINANET.BBOX_REG_LOSS_TYPE", "balanced_l1"],
+}
+PRESETS = {
+    # name -> (baseline config, full Libra config, component switches applied to the baseline)
+    "builtin-rcnn": ("configs/builtin/faster_rcnn_R_18_FPN_cpu.yaml", "configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml",
+                     _RCNN_SWITCHES),
+    "builtin-retinanet": ("configs/builtin/retinanet_R_18_FPN_cpu.yaml",
+                          "configs/builtin/libra_retinanet_R_18_FPN_cpu.yaml", {}),
+    "coco-rcnn": ("configs/COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml",
+                  "configs/COCO-Detection/libra_faster_rcnn_R_50_FPN_1x.yaml", _RCNN_SWITCHES),
+    "coco-retinanet": ("configs/COCO-Detection/retinanet_R_50_FPN_1x.yaml",
+                       "configs/COCO-Detection/libra_retinanet_R_50_FPN_1x.yaml", _RETINA_SWITCHES),
+}
+
+
+def preset_plan(name, components=True):
+    """Variants of a preset: ``baseline``, ``libra`` and (if ``components``) one per switch."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(sorted(PRESETS))}")
+    base, libra, switches = PRESETS[name]
+    out = [Variant("baseline", base), Variant("libra", libra)]
+    if components:
+        out += [Variant(k, base, v) for k, v in switches.items()]
+    return out
+
+
+# --------------------------------------------------------------------------- statistics
+def _betacf(a, b, x):
+    """Continued fraction of the regularized incomplete beta function (modified Lentz)."""
+    tiny, eps = 1e-300, 1e-15
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        m2 = 2 * m
+        for num in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < eps:
+            break
+    return h
+
+
+def _betainc(a, b, x):
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    lbt = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1) / (a + b + 2):
+        return math.exp(lbt) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(lbt) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t, df):
+    """P(T <= t) for Student's t with ``df`` degrees of freedom."""
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+def t_quantile(p, df):
+    """The ``p`` quantile of Student's t (bisection on :func:`t_cdf`; exact to ~1e-10)."""
+    if not 0 < p < 1 or df <= 0:
+        raise ValueError(f"t_quantile needs 0 < p < 1 and df > 0, got p={p}, df={df}")
+    lo, hi = -1e6, 1e6
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def summarize_metric(values):
+    """``{"n", "mean", "std"}`` of a list of numbers (sample std; None where undefined).
+    NaN values (e.g. APs of a dataset without small objects) are left out."""
+    vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    n = len(vals)
+    return {"n": n, "mean": statistics.fmean(vals) if n else None, "std": statistics.stdev(vals) if n > 1 else None}
+
+
+def paired_difference(variant, baseline, confidence=0.95):
+    """Per-seed differences ``variant[s] - baseline[s]`` over the seeds both have (dicts
+    seed -> value). Returns n, mean, std, the two-sided Student-t CI (None below 2 pairs)
+    and the seeds used."""
+    seeds = sorted(s for s in variant if s in baseline and _finite(variant[s]) and _finite(baseline[s]))
+    diffs = [float(variant[s]) - float(baseline[s]) for s in seeds]
+    n = len(diffs)
+    out = {"n": n, "seeds": seeds, "mean": statistics.fmean(diffs) if n else None, "std": None, "ci": None}
+    if n >= 2:
+        sd = statistics.stdev(diffs)
+        half = t_quantile(0.5 + confidence / 2.0, n - 1) * sd / math.sqrt(n)
+        out.update(std=sd, ci=[out["mean"] - half, out["mean"] + half])
+    return out
+
+
+def _finite(v):
+    return v is not None and not math.isnan(float(v))
+
+
+def verdict(diff):
+    """Plain-words reading of :func:`paired_difference`'s result."""
+    n = diff["n"]
+    if n < 2:
+        return f"not enough runs ({n} paired seed{'s' if n != 1 else ''}; need >= 2)"
+    lo, hi = diff["ci"]
+    if lo > 0:
+        return "helps"
+    if hi < 0:
+        return "hurts"
+    return f"no detectable difference at {n} seeds"
+
+
+# --------------------------------------------------------------------------- runs & report
+def run_status(output_dir):
+    """"done" (eval_results.json written), "partial" (a checkpoint exists) or "new"."""
+    if os.path.isfile(os.path.join(output_dir, "eval_results.json")):
+        return "done"
+    if os.path.isfile(os.path.join(output_dir, "last_checkpoint")):
+        return "partial"
+    return "new"
+
+
+def load_metrics(output_dir, task="bbox"):
+    with open(os.path.join(output_dir, "eval_results.json")) as f:
+        res = json.load(f)
+    return {k: res[task][k] for k in METRICS if k in res.get(task, {})}
+
+
+def build_report(runs, baseline, confidence=0.95):
+    """``runs``: list of dicts with at least name, seed, metrics (dict or None).
+
+    Returns ``{"configs": {name: {metric: summary}}, "differences": {name: {metric: diff +
+    verdict}}, "baseline": baseline}``; differences are against ``baseline`` for every other
+    variant, paired by seed."""
+    by_name = {}
+    for r in runs:
+        if r.get("metrics"):
+            by_name.setdefault(r["name"], {})[r["seed"]] = r["metrics"]
+    configs, diffs = {}, {}
+    for name, per_seed in by_name.items():
+        configs[name] = {m: summarize_metric([v.get(m) for v in per_seed.values()]) for m in METRICS}
+        configs[name]["seeds"] = sorted(per_seed)
+    base = by_name.get(baseline, {})
+    for name, per_seed in by_name.items():
+        if name == baseline:
+            continue
+        diffs[name] = {}
+        for m in METRICS:
+            d = paired_difference({s: v.get(m) for s, v in per_seed.items()}, {s: v.get(m) for s, v in base.items()},
+                                  confidence)
+            d["verdict"] = verdict(d)
+            diffs[name][m] = d
+    return {"baseline": baseline, "confidence": confidence, "configs": configs, "differences": diffs}
+
+
+def _fmt(s):
+    if s["mean"] is None:
+        return "n/a"
+    return f"{s['mean']:.2f}" + (f" ± {s['std']:.2f}" if s["std"] is not None else "")
+
+
+def report_markdown(report, title="Ablation"):
+    lines = [f"# {title}", "", "Per configuration: mean ± sample standard deviation over seeds (COCO box AP).", ""]
+    lines.append("| config | seeds | " + " | ".join(METRICS) + " |")
+    lines.append("|---|---|" + "---|" * len(METRICS))
+    for name, summ in report["configs"].items():
+        lines.append(f"| {name} | {len(summ['seeds'])} | " + " | ".join(_fmt(summ[m]) for m in METRICS) + " |")
+    conf = int(round(report["confidence"] * 100))
+    lines += ["", f"Paired by seed against `{report['baseline']}`: mean difference in AP with its {conf}% "
+              "confidence interval (Student t over seed pairs), and the verdict.", ""]
+    lines.append("| config | pairs | ΔAP | CI | ΔAP50 | ΔAP75 | verdict (AP) |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for name, d in report["differences"].items():
+        ap = d["AP"]
+        ci = f"[{ap['ci'][0]:+.2f}, {ap['ci'][1]:+.2f}]" if ap["ci"] else "n/a"
+
+        def mean(m):
+            return "n/a" if d[m]["mean"] is None else f"{d[m]['mean']:+.2f}"
+
+        lines.append(f"| {name} | {ap['n']} | {mean('AP')} | {ci} | {mean('AP50')} | {mean('AP75')} | {ap['verdict']} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,94 @@
+"""tools/ablate.py and libra_d2.ablation: statistics on synthetic results, and real resumable runs."""
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from libra_d2.ablation import build_report, paired_difference, report_markdown, summarize_metric, t_quantile, verdict
+from tests.test_end_to_end import ROOT, TINY
+
+
+@pytest.mark.parametrize("df,expected", [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (29, 2.0452)])
+def test_t_quantile_matches_tables(df, expected):
+    # two-sided 95% critical values of Student's t, from printed tables
+    assert abs(t_quantile(0.975, df) - expected) < 1e-4
+    assert abs(t_quantile(0.025, df) + expected) < 1e-4
+
+
+def _runs(name, aps):
+    return [{"name": name, "seed": s, "metrics": {"AP": ap, "AP50": ap + 20}} for s, ap in enumerate(aps, 1)]
+
+
+def test_paired_ci_and_verdicts_on_known_numbers():
+    base = [30.0, 31.0, 32.0]
+    better = [32.0, 33.5, 34.0]  # differences 2, 2.5, 2
+    diffs = [b - a for a, b in zip(base, better)]
+    m, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    half = 4.302653 * sd / math.sqrt(3)
+    d = paired_difference(dict(enumerate(better)), dict(enumerate(base)))
+    assert d["n"] == 3 and abs(d["mean"] - m) < 1e-12 and abs(d["std"] - sd) < 1e-12
+    assert abs(d["ci"][0] - (m - half)) < 1e-5 and abs(d["ci"][1] - (m + half)) < 1e-5
+    assert verdict(d) == "helps"
+    worse = paired_difference({0: 28.0, 1: 29.1, 2: 29.9}, dict(enumerate(base)))
+    assert verdict(worse) == "hurts"
+    noisy = paired_difference({0: 35.0, 1: 27.0, 2: 33.0}, dict(enumerate(base)))
+    assert verdict(noisy) == "no detectable difference at 3 seeds"
+    # pairing: only seeds both variants have count
+    partial = paired_difference({0: 31.0, 5: 40.0}, dict(enumerate(base)))
+    assert partial["n"] == 1 and partial["ci"] is None
+    assert verdict(partial).startswith("not enough runs (1 paired seed;")
+
+
+def test_report_means_stds_and_single_seed():
+    runs = _runs("baseline", [30.0, 31.0, 35.0]) + _runs("libra", [33.0, 34.0, 37.0]) + _runs("one", [40.0])
+    rep = build_report(runs, "baseline")
+    s = rep["configs"]["baseline"]["AP"]
+    assert s["n"] == 3 and abs(s["mean"] - 32.0) < 1e-12 and abs(s["std"] - statistics.stdev([30, 31, 35])) < 1e-12
+    assert rep["configs"]["one"]["AP"]["std"] is None
+    assert rep["differences"]["one"]["AP"]["verdict"].startswith("not enough runs")
+    assert rep["differences"]["libra"]["AP"]["verdict"] == "helps"  # +3, +3, +2
+    md = report_markdown(rep)
+    assert "| libra | 3 | 34.67 ± 2.08" in md and "not enough runs" in md
+    assert summarize_metric([float("nan"), 1.0, 3.0]) == {"n": 2, "mean": 2.0, "std": statistics.stdev([1.0, 3.0])}
+
+
+def _ablate(shapes_root, out, *extra):
+    env = dict(os.environ, DETECTRON2_DATASETS=shapes_root, PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, os.path.join(ROOT, "tools/ablate.py"), "-o", out, "--seeds", "7",
+           "--base", "configs/builtin/faster_rcnn_R_18_FPN_cpu.yaml",
+           "--switch", "bl1=MODEL.ROI_HEADS.NAME LibraROIHeads MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE balanced_l1", *extra,
+           "--", *TINY, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2"]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_ablation_skips_finished_and_resumes_interrupted_runs(shapes_root, tmp_path):
+    out = str(tmp_path / "abl")
+    first = _ablate(shapes_root, out, "--only", "baseline")
+    assert "1/2 baseline seed=7: training" in first and "2/2 bl1 seed=7: new, not run" in first
+    base_results = os.path.join(out, "baseline", "seed7", "eval_results.json")
+    stamp = os.path.getmtime(base_results)
+    # make bl1 an interrupted run: a finished 4-iteration run cut back to its iteration-2 checkpoint
+    bl1 = os.path.join(out, "bl1", "seed7")
+    _ablate(shapes_root, out, "--only", "bl1")
+    for f in ("eval_results.json", "model_final.pth"):
+        os.remove(os.path.join(bl1, f))
+    with open(os.path.join(bl1, "last_checkpoint"), "w") as f:
+        f.write("model_0000001.pth")
+    second = _ablate(shapes_root, out)
+    assert "baseline seed=7: AP" in second and "(finished earlier)" in second
+    assert "bl1 seed=7: resuming" in second
+    assert os.path.getmtime(base_results) == stamp  # not re-run
+    with open(os.path.join(bl1, "log.txt")) as f:
+        assert "Resumed at iteration 2" in f.read()
+    with open(os.path.join(out, "ablation.json")) as f:
+        data = json.load(f)
+    assert {r["name"] for r in data["runs"] if r["metrics"]} == {"baseline", "bl1"}
+    assert data["report"]["differences"]["bl1"]["AP"]["verdict"].startswith("not enough runs")
+    assert os.path.isfile(os.path.join(out, "ablation.md"))

@@ -1,0 +1,113 @@
+"""Mixed precision: the Libra models under torch.autocast, and BFP's non-local block in float16.
+
+detectron2's AMPTrainer asserts CUDA, so on CPU the same autocast region it opens is tested
+directly (bfloat16 is CPU autocast's dtype); float16 arithmetic is tested on half tensors.
+"""
+import numpy as np
+import pytest
+import torch
+
+from libra_d2.bfp import NonLocal2d
+
+
+def _trained_like(c=256, hw=(25, 38), act_scale=1.0, w_std=0.05, seed=0):
+    """A non-local block and a refine-level input with magnitudes like a trained FPN's:
+    per-element std of a few units with sparse strong peaks, and learned theta/phi weights
+    (std 0.05 instead of the N(0, 0.01) initialisation)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, c, *hw, generator=g) * 3.0
+    peaks = torch.rand(1, c, *hw, generator=g) < 0.01
+    x = (x + peaks * 40.0) * act_scale
+    m = NonLocal2d(c)
+    with torch.no_grad():
+        for conv in (m.theta, m.phi, m.g, m.conv_out):
+            conv.weight.normal_(0, w_std, generator=g)
+    return m, x
+
+
+def _naive_half_logits(m, x):
+    q = m.theta(x).flatten(2).transpose(1, 2)
+    k = m.phi(x).flatten(2).transpose(1, 2)
+    return torch.bmm(q, k.transpose(1, 2))
+
+
+@pytest.mark.parametrize("use_sdpa", [True, False])
+@pytest.mark.parametrize("act_scale", [1.0, 2.0, 4.0, 8.0])
+def test_non_local_finite_in_float16_at_trained_magnitudes(use_sdpa, act_scale):
+    m, x = _trained_like(act_scale=act_scale)
+    m.use_sdpa = use_sdpa and m.use_sdpa
+    with torch.no_grad():
+        ref = m(x.double().float())  # float32 reference
+        mh = m.half()
+        out = mh(x.half())
+    assert out.dtype == torch.float16
+    assert torch.isfinite(out).all()
+    # float16 rounding of q and k (relative ~5e-4) shifts logits in proportion to their size,
+    # so the error grows with the activations (0.5% at scale 1, 4% at scale 4 here)
+    rel = float((out.float() - ref).norm() / ref.norm())
+    assert rel < 0.01 * act_scale + 0.005, rel
+
+
+def test_unscaled_logits_can_overflow_float16():
+    """Why the block computes its attention in float32: the margin is small. At 1x the
+    largest logit is ~1.9e3, at 4x ~3e4, and at 8x these activations (peaks of ~300, which
+    un-normalised FPN outputs do reach) the logits pass float16's range: a half-precision
+    matmul path gives inf."""
+    m, x = _trained_like(act_scale=8.0)
+    with torch.no_grad():
+        logits32 = _naive_half_logits(m, x)
+        logits16 = _naive_half_logits(m.half(), x.half())
+    assert float(logits32.abs().max()) > 65504
+    assert not torch.isfinite(logits16).all()
+
+
+def test_non_local_under_autocast_keeps_float32_attention():
+    m, x = _trained_like()
+    with torch.no_grad():
+        ref = m(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = m(x)
+    assert torch.isfinite(out).all()
+    # bfloat16 keeps 8 significant bits: q and k rounded to ~4e-3 move large logits visibly
+    assert float((out.float() - ref).norm() / ref.norm()) < 0.1
+
+
+def _batch(cfg, n=2):
+    from detectron2.data import DatasetCatalog, DatasetMapper
+
+    mapper = DatasetMapper(cfg, is_train=True)
+    np.random.seed(0)
+    return [mapper(d) for d in DatasetCatalog.get("libra_shapes_train")[:8] if d["annotations"]][:n]
+
+
+@pytest.mark.parametrize("config", ["builtin/libra_rcnn_R_18_FPN_cpu.yaml", "builtin/libra_retinanet_R_18_FPN_cpu.yaml"])
+def test_libra_model_bfloat16_autocast_close_to_float32(libra_cfg, shapes_root, config):
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+
+    from tests.test_end_to_end import TINY
+
+    cfg = libra_cfg(config, *TINY)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    batch = _batch(cfg)
+
+    def losses(amp):
+        torch.manual_seed(1)  # same proposal/anchor sampling in both runs
+        model.zero_grad()
+        with EventStorage(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = model(batch)
+        total = sum(out.values())
+        total.backward()  # outside autocast, as AMPTrainer does
+        grads = torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None])
+        return {k: float(v) for k, v in out.items()}, grads
+
+    l32, g32 = losses(False)
+    l16, g16 = losses(True)
+    assert all(np.isfinite(v) for v in l16.values()), l16
+    assert torch.isfinite(g16).all()
+    for k in l32:
+        assert abs(l16[k] - l32[k]) <= 0.05 * abs(l32[k]) + 0.02, (k, l16[k], l32[k])
+    cos = float(torch.nn.functional.cosine_similarity(g16, g32, dim=0))
+    assert cos > 0.9, cos

@@ -1,0 +1,146 @@
+#!/usr/bin/env python
+"""Run an ablation (variants x seeds, paired by seed) through train_net.py and report it.
+
+    # Faster R-CNN vs Libra R-CNN vs each Libra component alone, 3 seeds, built-in data
+    python tools/ablate.py --preset builtin-rcnn --seeds 1 2 3 --output-dir output/ablation/rcnn
+    # any configs; the first is the baseline unless --baseline names another
+    python tools/ablate.py --config base=configs/COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml \\
+        --config libra=configs/COCO-Detection/libra_faster_rcnn_R_50_FPN_1x.yaml \\
+        --seeds 1 2 3 --train-args "--num-gpus 8" --output-dir output/ablation/coco
+    # one base config plus named switches (each "KEY VALUE ..." applied to the base)
+    python tools/ablate.py --base configs/builtin/faster_rcnn_R_18_FPN_cpu.yaml \\
+        --switch bfp="MODEL.BACKBONE.NAME build_resnet_bfp_backbone" --seeds 1 2 3 -o output/abl
+    # options after "--" go to every run (e.g. a shorter schedule)
+    python tools/ablate.py --preset builtin-rcnn -o output/abl -- SOLVER.MAX_ITER 400
+
+Run ``(variant, seed)`` trains in ``OUT/<variant>/seed<seed>`` with ``SEED <seed>``. A run
+whose ``eval_results.json`` exists is skipped; one with a checkpoint but no results is
+resumed (``--resume``, exact). One progress line per run. ``OUT/ablation.json`` (every run's
+variant, config, options, seed, metrics) and ``OUT/ablation.md`` (mean ± std per variant;
+paired differences with 95% Student-t intervals and verdicts) are rewritten after every run,
+so an interrupted ablation still reports what it has. ``--report-only`` rebuilds them.
+"""
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from libra_d2.ablation import (  # noqa: E402
+    Variant, build_report, load_metrics, preset_plan, report_markdown, run_status,
+)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", help="builtin-rcnn | builtin-retinanet | coco-rcnn | coco-retinanet")
+    ap.add_argument("--no-components", action="store_true", help="with --preset: only baseline and full Libra")
+    ap.add_argument("--config", action="append", default=[], metavar="NAME=PATH", help="a variant (repeatable)")
+    ap.add_argument("--base", help="base config for --switch variants (its own variant is named 'baseline')")
+    ap.add_argument("--switch", action="append", default=[], metavar='NAME="KEY VALUE ..."',
+                    help="a variant: the base config plus these options (repeatable)")
+    ap.add_argument("--baseline", help="variant the others are compared with (default: 'baseline' or the first)")
+    ap.add_argument("--only", help="comma-separated variant names to run (the report keeps every finished run)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("-o", "--output-dir", required=True)
+    ap.add_argument("--train-args", default="", help='passed to train_net.py, e.g. "--num-gpus 8"')
+    ap.add_argument("--report-only", action="store_true", help="only rebuild ablation.json/md from finished runs")
+    ap.add_argument("--title", default=None)
+    ap.add_argument("opts", nargs=argparse.REMAINDER, help="-- KEY VALUE ... applied to every run")
+    args = ap.parse_args(argv)
+    if args.opts and args.opts[0] == "--":
+        args.opts = args.opts[1:]
+    return args
+
+
+def make_plan(args):
+    variants = []
+    if args.preset:
+        variants += preset_plan(args.preset, components=not args.no_components)
+    if args.base:
+        variants.append(Variant("baseline", args.base))
+    for spec in args.config:
+        name, _, path = spec.partition("=")
+        if not path:
+            raise SystemExit(f"ablate: --config needs NAME=PATH, got {spec!r}")
+        variants.append(Variant(name, path))
+    for spec in args.switch:
+        name, _, opts = spec.partition("=")
+        if not args.base:
+            raise SystemExit("ablate: --switch needs --base")
+        variants.append(Variant(name, args.base, shlex.split(opts)))
+    if not variants:
+        raise SystemExit("ablate: nothing to run: give --preset, --config or --base/--switch")
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"ablate: variant names repeat: {names}")
+    for v in variants:
+        path = v.config_file if os.path.isabs(v.config_file) else os.path.join(ROOT, v.config_file)
+        if not os.path.isfile(path):
+            raise SystemExit(f"ablate: variant {v.name}: config file {v.config_file} does not exist")
+    baseline = args.baseline or ("baseline" if "baseline" in names else names[0])
+    if baseline not in names:
+        raise SystemExit(f"ablate: --baseline {baseline} is not one of {names}")
+    return variants, baseline
+
+
+def write_outputs(out_dir, variants, baseline, runs, title):
+    report = build_report(runs, baseline)
+    data = {"baseline": baseline, "variants": [v.to_dict() for v in variants], "runs": runs, "report": report}
+    tmp = os.path.join(out_dir, "ablation.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, os.path.join(out_dir, "ablation.json"))
+    with open(os.path.join(out_dir, "ablation.md"), "w") as f:
+        f.write(report_markdown(report, title or f"Ablation in {out_dir}"))
+    return report
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    variants, baseline = make_plan(args)
+    os.makedirs(args.output_dir, exist_ok=True)
+    only = set(args.only.split(",")) if args.only else None
+    jobs = [(v, s) for s in args.seeds for v in variants]  # seed-major: complete pairs appear early
+    runs = []
+    for i, (v, seed) in enumerate(jobs, 1):
+        out = os.path.join(args.output_dir, v.name, f"seed{seed}")
+        opts = v.opts + list(args.opts) + ["SEED", str(seed), "OUTPUT_DIR", out]
+        run = {"name": v.name, "seed": seed, "config_file": v.config_file, "opts": v.opts + list(args.opts),
+               "output_dir": out, "metrics": None}
+        status = run_status(out)
+        tag = f"[ablate] {i}/{len(jobs)} {v.name} seed={seed}:"
+        if status != "done" and not args.report_only and (only is None or v.name in only):
+            cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", v.config_file, "--resume",
+                   *shlex.split(args.train_args), *opts]
+            os.makedirs(out, exist_ok=True)
+            print(f"{tag} {'resuming' if status == 'partial' else 'training'} ...", flush=True)
+            t0 = time.time()
+            with open(os.path.join(out, "ablate_stdout.log"), "a") as log:
+                rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            run["seconds"] = round(time.time() - t0, 1)
+            if rc != 0:
+                run["error"] = f"train_net.py exit code {rc}; see {out}/ablate_stdout.log"
+                print(f"{tag} FAILED ({run['error']})", flush=True)
+            status = run_status(out)
+        if status == "done":
+            run["metrics"] = load_metrics(out)
+            print(f"{tag} AP {run['metrics'].get('AP', float('nan')):.2f}"
+                  + (f" ({run['seconds']:.0f} s)" if "seconds" in run else " (finished earlier)"), flush=True)
+        elif "error" not in run:
+            print(f"{tag} {status}, not run", flush=True)
+        runs.append(run)
+        write_outputs(args.output_dir, variants, baseline, runs, args.title)
+    report = write_outputs(args.output_dir, variants, baseline, runs, args.title)
+    print(report_markdown(report, args.title or "Ablation"))
+    failed = [r for r in runs if "error" in r]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
