@@ -21,17 +21,18 @@ METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 class Variant:
-    """One named configuration of an ablation: ``config_file`` plus ``opts`` (flat KEY VALUE list)."""
+    """One named configuration of an ablation: ``config_file`` plus ``opts`` (flat KEY VALUE
+    list); ``baseline`` names the variant it is compared with (None: it is a baseline)."""
 
-    def __init__(self, name, config_file, opts=()):
+    def __init__(self, name, config_file, opts=(), baseline=None):
         if not name or "/" in name or name.startswith("."):
             raise ValueError(f"variant name {name!r} is not usable as a folder name")
-        self.name, self.config_file, self.opts = name, config_file, list(opts)
+        self.name, self.config_file, self.opts, self.baseline = name, config_file, list(opts), baseline
         if len(self.opts) % 2:
             raise ValueError(f"variant {name}: options must be KEY VALUE pairs, got {self.opts}")
 
     def to_dict(self):
-        return {"name": self.name, "config_file": self.config_file, "opts": self.opts}
+        return {"name": self.name, "config_file": self.config_file, "opts": self.opts, "baseline": self.baseline}
 
 
 # Component switches on a plain baseline; each turns on one Libra part alone.
@@ -49,26 +50,30 @@ _RETINA_SWITCHES = {
     "balanced_l1": ["MODEL.META_ARCHITECTURE", "LibraRetinaNet", "MODEL.RETINANET.BBOX_REG_LOSS_TYPE", "balanced_l1"],
 }
 PRESETS = {
-    # name -> (baseline config, full Libra config, component switches applied to the baseline)
-    "builtin-rcnn": ("configs/builtin/faster_rcnn_R_18_FPN_cpu.yaml", "configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml",
-                     _RCNN_SWITCHES),
-    "builtin-retinanet": ("configs/builtin/retinanet_R_18_FPN_cpu.yaml",
-                          "configs/builtin/libra_retinanet_R_18_FPN_cpu.yaml", {}),
-    "coco-rcnn": ("configs/COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml",
-                  "configs/COCO-Detection/libra_faster_rcnn_R_50_FPN_1x.yaml", _RCNN_SWITCHES),
-    "coco-retinanet": ("configs/COCO-Detection/retinanet_R_50_FPN_1x.yaml",
-                       "configs/COCO-Detection/libra_retinanet_R_50_FPN_1x.yaml", _RETINA_SWITCHES),
+    # name -> [(prefix, baseline config, full Libra config, component switches on the baseline)]
+    "builtin-rcnn": [("", "configs/builtin/faster_rcnn_R_18_FPN_cpu.yaml",
+                      "configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml", _RCNN_SWITCHES)],
+    "builtin-retinanet": [("retinanet_", "configs/builtin/retinanet_R_18_FPN_cpu.yaml",
+                           "configs/builtin/libra_retinanet_R_18_FPN_cpu.yaml", {})],
+    "coco-rcnn": [("", "configs/COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml",
+                   "configs/COCO-Detection/libra_faster_rcnn_R_50_FPN_1x.yaml", _RCNN_SWITCHES)],
+    "coco-retinanet": [("retinanet_", "configs/COCO-Detection/retinanet_R_50_FPN_1x.yaml",
+                        "configs/COCO-Detection/libra_retinanet_R_50_FPN_1x.yaml", _RETINA_SWITCHES)],
 }
+PRESETS["builtin"] = PRESETS["builtin-rcnn"] + PRESETS["builtin-retinanet"]
 
 
 def preset_plan(name, components=True):
-    """Variants of a preset: ``baseline``, ``libra`` and (if ``components``) one per switch."""
+    """Variants of a preset: per group ``<prefix>baseline``, ``<prefix>libra`` (compared with
+    that baseline) and, if ``components``, one ``<prefix><switch>`` per component switch."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(sorted(PRESETS))}")
-    base, libra, switches = PRESETS[name]
-    out = [Variant("baseline", base), Variant("libra", libra)]
-    if components:
-        out += [Variant(k, base, v) for k, v in switches.items()]
+    out = []
+    for prefix, base, libra, switches in PRESETS[name]:
+        b = f"{prefix}baseline"
+        out += [Variant(b, base), Variant(f"{prefix}libra", libra, baseline=b)]
+        if components:
+            out += [Variant(f"{prefix}{k}", base, v, baseline=b) for k, v in switches.items()]
     return out
 
 
@@ -182,10 +187,11 @@ def load_metrics(output_dir, task="bbox"):
 
 def build_report(runs, baseline, confidence=0.95):
     """``runs``: list of dicts with at least name, seed, metrics (dict or None).
+    ``baseline``: the name every other variant is compared with, or a dict variant name ->
+    its baseline's name (None for baselines themselves).
 
     Returns ``{"configs": {name: {metric: summary}}, "differences": {name: {metric: diff +
-    verdict}}, "baseline": baseline}``; differences are against ``baseline`` for every other
-    variant, paired by seed."""
+    verdict, "baseline": name}}, "baseline": baseline}``; differences are paired by seed."""
     by_name = {}
     for r in runs:
         if r.get("metrics"):
@@ -194,11 +200,12 @@ def build_report(runs, baseline, confidence=0.95):
     for name, per_seed in by_name.items():
         configs[name] = {m: summarize_metric([v.get(m) for v in per_seed.values()]) for m in METRICS}
         configs[name]["seeds"] = sorted(per_seed)
-    base = by_name.get(baseline, {})
     for name, per_seed in by_name.items():
-        if name == baseline:
+        ref = baseline.get(name) if isinstance(baseline, dict) else (None if name == baseline else baseline)
+        if ref is None:
             continue
-        diffs[name] = {}
+        base = by_name.get(ref, {})
+        diffs[name] = {"baseline": ref}
         for m in METRICS:
             d = paired_difference({s: v.get(m) for s, v in per_seed.items()}, {s: v.get(m) for s, v in base.items()},
                                   confidence)
@@ -220,10 +227,10 @@ def report_markdown(report, title="Ablation"):
     for name, summ in report["configs"].items():
         lines.append(f"| {name} | {len(summ['seeds'])} | " + " | ".join(_fmt(summ[m]) for m in METRICS) + " |")
     conf = int(round(report["confidence"] * 100))
-    lines += ["", f"Paired by seed against `{report['baseline']}`: mean difference in AP with its {conf}% "
+    lines += ["", f"Paired by seed against its baseline: mean difference in AP with its {conf}% "
               "confidence interval (Student t over seed pairs), and the verdict.", ""]
-    lines.append("| config | pairs | ΔAP | CI | ΔAP50 | ΔAP75 | verdict (AP) |")
-    lines.append("|---|---|---|---|---|---|---|")
+    lines.append("| config | vs | pairs | ΔAP | CI | ΔAP50 | ΔAP75 | verdict (AP) |")
+    lines.append("|---|---|---|---|---|---|---|---|")
     for name, d in report["differences"].items():
         ap = d["AP"]
         ci = f"[{ap['ci'][0]:+.2f}, {ap['ci'][1]:+.2f}]" if ap["ci"] else "n/a"
@@ -231,5 +238,5 @@ def report_markdown(report, title="Ablation"):
         def mean(m):
             return "n/a" if d[m]["mean"] is None else f"{d[m]['mean']:+.2f}"
 
-        lines.append(f"| {name} | {ap['n']} | {mean('AP')} | {ci} | {mean('AP50')} | {mean('AP75')} | {ap['verdict']} |")
+        lines.append(f"| {name} | {d['baseline']} | {ap['n']} | {mean('AP')} | {ci} | {mean('AP50')} | {mean('AP75')} | {ap['verdict']} |")
     return "\n".join(lines) + "\n"

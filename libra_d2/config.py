@@ -12,6 +12,7 @@ POS_SAMPLERS = ("instance_balanced", "random")
 NEG_SAMPLERS = ("iou_balanced", "random")
 NEG_BIN_UPPERS = ("max_iou", "bg_thresh")
 REFINE_TYPES = ("non_local", "conv", "none")
+OPTIMIZERS = ("SGD", "AdamW")
 
 
 class LibraConfigError(ValueError):
@@ -63,6 +64,11 @@ def add_libra_config(cfg):
     # LibraRetinaNet: clip each level's decoded boxes to the image before class-wise NMS (the
     # reference's order). False: detectron2's order (NMS, then clip in post-processing).
     _C.MODEL.LIBRA.RETINANET_CLIP_BEFORE_NMS = False
+
+    # Optimizer built by LibraTrainer: "SGD" (detectron2's: MOMENTUM, NESTEROV) or "AdamW"
+    # (torch's, with SOLVER.WEIGHT_DECAY as its decoupled weight decay). Both use detectron2's
+    # parameter groups (WEIGHT_DECAY_NORM, BIAS_LR_FACTOR, ...) and SOLVER.CLIP_GRADIENTS.
+    _C.SOLVER.OPTIMIZER = "SGD"
 
     # Training stream addressed by position with per-sample seeds, so --resume continues
     # exactly (libra_d2.training.LibraTrainer). False: detectron2's own train loader.
@@ -135,6 +141,7 @@ def validate_libra_config(cfg):
         _fail("MODEL.LIBRA.RPN_NEG_POS_UB", ub, "-1 (off) or a value >= 0")
     _check_number(cfg, "MODEL.BFP.REFINE_LEVEL", lo=0, integer=True)
     _check_choice(cfg, "MODEL.BFP.REFINE_TYPE", REFINE_TYPES)
+    _check_choice(cfg, "SOLVER.OPTIMIZER", OPTIMIZERS)
     for key in ("MODEL.LIBRA.P7_RELU", "MODEL.LIBRA.RETINANET_CLIP_BEFORE_NMS"):
         if not isinstance(_get(cfg, key), bool):
             _fail(key, _get(cfg, key), "True or False")

@@ -28,11 +28,11 @@ import os
 import random
 import weakref
 
+import detectron2.engine.defaults as d2_defaults
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
-import detectron2.engine.defaults as d2_defaults
 from detectron2.engine import DefaultTrainer, HookBase
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
@@ -261,6 +261,26 @@ class LibraTrainer(DefaultTrainer):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=detectron2_has_cpp_ops())
+
+    # ------------------------------------------------------------- optimizer
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """detectron2's SGD, or AdamW when ``SOLVER.OPTIMIZER`` says so (same parameter groups
+        and gradient clipping)."""
+        if cfg.SOLVER.get("OPTIMIZER", "SGD") == "SGD":
+            return super().build_optimizer(cfg, model)
+        from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        )
+        return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
+            params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
+        )
 
     # ----------------------------------------------------------- checkpoints
     def build_hooks(self):

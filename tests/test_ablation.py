@@ -86,7 +86,7 @@ def test_ablation_skips_finished_and_resumes_interrupted_runs(shapes_root, tmp_p
     assert "bl1 seed=7: resuming" in second
     assert os.path.getmtime(base_results) == stamp  # not re-run
     with open(os.path.join(bl1, "log.txt")) as f:
-        assert "Resumed at iteration 2" in f.read()
+        assert "Starting training from iteration 2" in f.read()
     with open(os.path.join(out, "ablation.json")) as f:
         data = json.load(f)
     assert {r["name"] for r in data["runs"] if r["metrics"]} == {"baseline", "bl1"}

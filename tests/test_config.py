@@ -62,3 +62,23 @@ def test_balanced_l1_with_a_head_that_does_not_know_it_is_rejected(libra_cfg):
     cfg.MODEL.RPN.BBOX_REG_LOSS_TYPE = "balanced_l1"
     with pytest.raises(LibraConfigError, match="MODEL.RPN.BBOX_REG_LOSS_TYPE.*LibraRPN"):
         libra_d2.validate_libra_config(cfg)
+
+
+def test_solver_optimizer_choice(libra_cfg):
+    import torch
+
+    import libra_d2
+    from libra_d2.config import LibraConfigError
+    from libra_d2.training import LibraTrainer
+
+    cfg = libra_cfg("builtin/libra_rcnn_R_18_FPN_cpu.yaml")
+    model = build_model(cfg)
+    assert cfg.SOLVER.OPTIMIZER == "AdamW"
+    opt = LibraTrainer.build_optimizer(cfg, model)
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["weight_decay"] == cfg.SOLVER.WEIGHT_DECAY
+    cfg.SOLVER.OPTIMIZER = "SGD"
+    opt = LibraTrainer.build_optimizer(cfg, model)
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == cfg.SOLVER.MOMENTUM
+    cfg.SOLVER.OPTIMIZER = "Adam"
+    with pytest.raises(LibraConfigError, match="SOLVER.OPTIMIZER = 'Adam' is invalid: allowed one of 'SGD', 'AdamW'"):
+        libra_d2.validate_libra_config(cfg)

@@ -1,6 +1,6 @@
 """The built-in recipe stays finite: every configs/builtin config, a few dozen iterations at
 the tests' tiny size, with the config's own optimizer, LR schedule and gradient clipping
-(detectron2's build_optimizer / build_lr_scheduler), for several seeds."""
+(LibraTrainer.build_optimizer, detectron2's build_lr_scheduler), for several seeds."""
 import math
 
 import numpy as np
@@ -20,13 +20,15 @@ ITERS = 36
 
 def _train(cfg, seed, batches):
     from detectron2.modeling import build_model
-    from detectron2.solver import build_lr_scheduler, build_optimizer
+    from detectron2.solver import build_lr_scheduler
     from detectron2.utils.events import EventStorage
+
+    from libra_d2.training import LibraTrainer
 
     torch.manual_seed(seed)
     model = build_model(cfg)
     model.train()
-    opt = build_optimizer(cfg, model)
+    opt = LibraTrainer.build_optimizer(cfg, model)
     sched = build_lr_scheduler(cfg, opt)
     history = []
     with EventStorage() as storage:
