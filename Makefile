@@ -10,7 +10,14 @@ DEMO_CONFIG ?= configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml
 DEMO_OUT ?= output/demo
 export TORCH_SPEC PYTHON VENV DETECTRON2_SRC
 
-.PHONY: setup demo test lint bench clean
+# The built-in ablation (README "Results"): every preset variant x 3 seeds, two runs at a time,
+# on a 250-iteration version of the built-in schedule (the 800-iteration one would take
+# 24 x 9 minutes here). Results: $(ABLATION_OUT)/ablation.{json,md}.
+ABLATION_OUT ?= output/ablation_builtin
+ABLATION_ARGS ?= --preset builtin --seeds 1 2 3 --jobs 2
+ABLATION_OPTS ?= SOLVER.MAX_ITER 250 SOLVER.STEPS "(190,235)" SOLVER.WARMUP_ITERS 50 SOLVER.CHECKPOINT_PERIOD 125
+
+.PHONY: setup demo test lint bench ablation clean
 
 setup:
 	@bash tools/setup_env.sh
@@ -23,6 +30,9 @@ test: setup
 
 lint: setup
 	$(PY) -m ruff check libra_d2 tests tools benchmarks train_net.py
+
+ablation: setup
+	$(PY) tools/ablate.py $(ABLATION_ARGS) -o $(ABLATION_OUT) -- $(ABLATION_OPTS)
 
 bench: setup
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
