@@ -11,11 +11,11 @@ DEMO_OUT ?= output/demo
 export TORCH_SPEC PYTHON VENV DETECTRON2_SRC
 
 # The built-in ablation (README "Results"): every preset variant x 3 seeds, two runs at a time,
-# on a 250-iteration version of the built-in schedule (the 900-iteration one would take
+# on a 200-iteration version of the built-in schedule (the 900-iteration one would take
 # 24 x 10 minutes here). Results: $(ABLATION_OUT)/ablation.{json,md}.
 ABLATION_OUT ?= output/ablation_builtin
 ABLATION_ARGS ?= --preset builtin --seeds 1 2 3 --jobs 2
-ABLATION_OPTS ?= SOLVER.MAX_ITER 250 SOLVER.STEPS "(190,235)" SOLVER.WARMUP_ITERS 50 SOLVER.CHECKPOINT_PERIOD 125
+ABLATION_OPTS ?= SOLVER.MAX_ITER 200 SOLVER.STEPS "(150,185)" SOLVER.WARMUP_ITERS 50 SOLVER.CHECKPOINT_PERIOD 100
 
 .PHONY: setup demo test lint bench ablation clean
 

@@ -92,3 +92,29 @@ def test_ablation_skips_finished_and_resumes_interrupted_runs(shapes_root, tmp_p
     assert {r["name"] for r in data["runs"] if r["metrics"]} == {"baseline", "bl1"}
     assert data["report"]["differences"]["bl1"]["AP"]["verdict"].startswith("not enough runs")
     assert os.path.isfile(os.path.join(out, "ablation.md"))
+
+
+def test_builtin_preset_plan_and_per_group_baselines():
+    from libra_d2.ablation import preset_plan
+
+    plan = {v.name: v for v in preset_plan("builtin")}
+    assert set(plan) == {"baseline", "libra", "sampling", "bfp", "balanced_l1", "rpn_cap",
+                         "retinanet_baseline", "retinanet_libra"}
+    assert plan["baseline"].baseline is None and plan["retinanet_baseline"].baseline is None
+    assert plan["retinanet_libra"].baseline == "retinanet_baseline" and plan["bfp"].baseline == "baseline"
+    # each component switch builds a valid config (balanced_l1 needs LibraROIHeads: checked by validation)
+    from detectron2.config import get_cfg
+
+    import libra_d2
+
+    for v in plan.values():
+        cfg = get_cfg()
+        libra_d2.add_libra_config(cfg)
+        cfg.merge_from_file(os.path.join(ROOT, v.config_file))
+        cfg.merge_from_list(v.opts)
+        libra_d2.validate_libra_config(cfg)
+    runs = _runs("baseline", [30.0, 31.0]) + _runs("retinanet_baseline", [10.0, 12.0]) + _runs("retinanet_libra", [13.0, 14.0])
+    rep = build_report(runs, {v.name: v.baseline for v in plan.values()})
+    assert rep["differences"]["retinanet_libra"]["baseline"] == "retinanet_baseline"
+    assert abs(rep["differences"]["retinanet_libra"]["AP"]["mean"] - 2.5) < 1e-12
+    assert "baseline" not in rep["differences"]
