@@ -19,7 +19,7 @@ reported as a ratio of medians; the machine (CPU model, cores, torch) is recorde
   figure is printed beside it.
 
 Stability: each speed ratio is the median over ``--rounds`` rounds (default 5) of per-round
-ratios of medians, with the garbage collector run before and paused during every timed call;
+ratios of medians, with the garbage collector run before and paused during every round;
 the sampler's round-ratio range is printed beside it.
 
 Options: --device cuda (when a GPU is present), --reps N, --rounds N, --only NAME[,NAME].
@@ -55,32 +55,32 @@ def sync(device):
 
 
 def timed(fn, device):
-    """Wall time of one call, with Python's garbage collector run before and paused during it
-    (the reference sampler allocates large Python sets; a collection landing inside one side's
-    timing was the main source of run-to-run spread)."""
-    gc.collect()
-    gc.disable()
-    try:
-        sync(device)
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        return time.perf_counter() - t
-    finally:
-        gc.enable()
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
 
 
 def paired_ratio(fa, fb, device, rounds, reps):
     """Ratio time(fa) / time(fb), robust to a noisy machine: ``rounds`` rounds of ``reps``
     interleaved calls (a, b, a, b, ...); each round gives median(a) / median(b); the result is
-    the median over rounds. Also returns the per-side medians over all calls and the range of
-    the round ratios."""
+    the median over rounds. Python's cyclic garbage collector runs once before each round and
+    is paused during it (the reference sampler allocates large Python sets, and a collection
+    landing inside one side's timing was the main source of run-to-run spread; collecting
+    before every call instead would time both sides with cold caches). Also returns the
+    per-side medians over all calls and the range of the round ratios."""
     ta, tb, ratios = [], [], []
     for _ in range(rounds):
-        ra, rb = [], []
-        for _ in range(reps):
-            ra.append(timed(fa, device))
-            rb.append(timed(fb, device))
+        gc.collect()
+        gc.disable()
+        try:
+            ra, rb = [], []
+            for _ in range(reps):
+                ra.append(timed(fa, device))
+                rb.append(timed(fb, device))
+        finally:
+            gc.enable()
         ratios.append(statistics.median(ra) / statistics.median(rb))
         ta += ra
         tb += rb
