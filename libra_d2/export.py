@@ -1,0 +1,158 @@
+"""Export of trained detectors to TorchScript (tracing) and ONNX.
+
+:class:`ExportableDetector` wraps a detectron2 Faster R-CNN (``GeneralizedRCNN``, Libra or
+not) or RetinaNet (``RetinaNet``/``LibraRetinaNet``) in eval mode behind one tensor-only
+signature::
+
+    forward(image: Tensor[3, H, W] float, in the model's INPUT.FORMAT, pixel values 0..255)
+        -> (boxes [N, 4] float (x0, y0, x1, y1) in input pixels, scores [N], classes [N] int64)
+
+The image is the network input itself: no resizing happens inside (resize before calling,
+as detectron2's ``DefaultPredictor`` does with ``ResizeShortestEdge``), normalisation and
+padding to the backbone's size divisibility do. The outputs are those of
+``model([{"image": image, "height": H, "width": W}])`` (boxes clipped to the image, empty ones
+dropped, as detectron2's post-processing does).
+
+It needs nothing from ``detectron2.export`` (which cannot be imported on detectron2 0.6
+without caffe2), so the same code traces with 0.6 and main. Every size the graph depends on
+(padding, anchor grids, BFP's gather/scatter sizes, RoI levels, clipping) is computed from
+the input's shape at run time: the trace generalises to other input sizes, which
+``tests/test_export.py`` checks against the eager model on sizes whose pyramid levels are
+not multiples of each other.
+"""
+import os
+import warnings
+from typing import Tuple
+
+import torch
+from torch import nn
+
+__all__ = ["ExportableDetector", "trace_detector", "export_onnx", "default_example_size", "compare_detections"]
+
+
+def _is_retinanet(model) -> bool:
+    from detectron2.modeling.meta_arch.retinanet import RetinaNet
+
+    return isinstance(model, RetinaNet)
+
+
+class ExportableDetector(nn.Module):
+    """Tensor-in, tensors-out view of a detectron2 detector for tracing (see module doc)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        from detectron2.modeling.meta_arch.rcnn import GeneralizedRCNN
+
+        if not isinstance(model, GeneralizedRCNN) and not _is_retinanet(model):
+            raise TypeError(
+                f"cannot export {type(model).__name__}: supported are GeneralizedRCNN (Faster R-CNN, "
+                "Libra R-CNN) and RetinaNet (incl. LibraRetinaNet)"
+            )
+        if getattr(model, "mask_on", False) or getattr(getattr(model, "roi_heads", None), "mask_on", False):
+            raise TypeError("cannot export a model with a mask head: the exported signature has boxes only")
+        self.model = model.eval()
+
+    def _instances(self, image):
+        model = self.model
+        inputs = [{"image": image}]
+        if not _is_retinanet(model):
+            return model.inference(inputs, do_postprocess=False)[0]
+        images = model.preprocess_image(inputs)
+        features = model.backbone(images.tensor)
+        if hasattr(model, "forward_inference"):  # detectron2 main (DenseDetector)
+            features = [features[f] for f in model.head_in_features]
+            return model.forward_inference(images, features, model.head(features))[0]
+        # detectron2 0.6
+        from detectron2.modeling.meta_arch.retinanet import permute_to_N_HWA_K
+
+        features = [features[f] for f in model.head_in_features]
+        anchors = model.anchor_generator(features)
+        logits, deltas = model.head(features)
+        logits = [permute_to_N_HWA_K(x, model.num_classes) for x in logits]
+        deltas = [permute_to_N_HWA_K(x, 4) for x in deltas]
+        return model.inference(anchors, logits, deltas, images.image_sizes)[0]
+
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        inst = self._instances(image)
+        # what detectron2's post-processing does at scale 1: clip to the image, drop empty boxes
+        boxes = inst.pred_boxes
+        boxes.clip(inst.image_size)
+        keep = boxes.nonempty()
+        return boxes.tensor[keep], inst.scores[keep], inst.pred_classes[keep]
+
+
+def default_example_size(cfg) -> Tuple[int, int]:
+    """(H, W) used to trace: the test short side and a 4:3 long side within the max size."""
+    h = int(cfg.INPUT.MIN_SIZE_TEST)
+    w = min(int(round(h * 4 / 3)), int(cfg.INPUT.MAX_SIZE_TEST) or 10**9)
+    return h, w
+
+
+def _example(cfg, size, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(3, size[0], size[1], generator=g) * 255.0).to(cfg.MODEL.DEVICE)
+
+
+def trace_detector(model, example: torch.Tensor) -> torch.jit.ScriptModule:
+    """``torch.jit.trace`` of :class:`ExportableDetector` (``model`` is switched to eval)."""
+    wrapper = ExportableDetector(model)
+    with torch.no_grad(), warnings.catch_warnings():
+        # The tracer warns about every Python bool/int taken from a tensor; the ones in the
+        # inference path are data-independent (checked by parity tests on other sizes).
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return torch.jit.trace(wrapper, (example,), check_trace=False)
+
+
+def export_onnx(model, example: torch.Tensor, path: str, opset: int = None, dynamic: bool = True) -> str:
+    """Export through the TorchScript exporter (``dynamo=False``); ``dynamic``: H and W are
+    dynamic axes, else the graph is only valid for ``example``'s size. Returns ``path``;
+    raises whatever the exporter raises (the caller reports it)."""
+    wrapper = ExportableDetector(model)
+    axes = {"boxes": {0: "n"}, "scores": {0: "n"}, "classes": {0: "n"}}
+    if dynamic:
+        axes["image"] = {1: "height", 2: "width"}
+    kwargs = dict(input_names=["image"], output_names=["boxes", "scores", "classes"], dynamic_axes=axes)
+    if opset is not None:
+        kwargs["opset_version"] = opset
+    import inspect
+
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        kwargs["dynamo"] = False
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, (example,), path, **kwargs)
+    return path
+
+
+def compare_detections(ref, out, box_tol: float = 1e-3, score_tol: float = 1e-5) -> dict:
+    """Compare two ``(boxes, scores, classes)`` results: counts, then a one-to-one match of
+    each reference detection with an unused output detection of the same class within
+    ``box_tol`` px and ``score_tol`` (order-free: exact score ties may come out in either
+    order). Returns counts, whether all matched, and the largest box/score differences of
+    the matched pairs (row-wise when nothing matches)."""
+    n_ref, n_out = int(ref[0].shape[0]), int(out[0].shape[0])
+    res = {"n_eager": n_ref, "n_exported": n_out, "all_matched": False, "box_max_abs": None, "score_max_abs": None}
+    if n_ref != n_out:
+        return res
+    if n_ref == 0:
+        res.update(all_matched=True, box_max_abs=0.0, score_max_abs=0.0)
+        return res
+    box_d = (ref[0][:, None, :].float() - out[0][None, :, :].float()).abs().amax(-1)
+    score_d = (ref[1][:, None].float() - out[1][None, :].float()).abs()
+    ok = (box_d <= box_tol) & (score_d <= score_tol) & (ref[2][:, None].long() == out[2][None, :].long())
+    used = torch.zeros(n_out, dtype=torch.bool)
+    boxes, scores, matched = [], [], True
+    for i in range(n_ref):
+        cand = (ok[i] & ~used).nonzero().flatten()
+        if not len(cand):
+            matched = False
+            continue
+        j = int(cand[0])
+        used[j] = True
+        boxes.append(float(box_d[i, j]))
+        scores.append(float(score_d[i, j]))
+    res["all_matched"] = matched
+    res["box_max_abs"] = max(boxes) if boxes else float(box_d.diagonal().max())
+    res["score_max_abs"] = max(scores) if scores else float(score_d.diagonal().max())
+    return res
