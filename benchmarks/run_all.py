@@ -18,6 +18,10 @@ reported as a ratio of medians; the machine (CPU model, cores, torch) is recorde
   subprocess (peak RSS above the pre-run RSS; the kernel's peak mark is reset first). Target <= 5.0; the plain-matmul path's
   figure is printed beside it.
 
+* export_torchscript_latency_ratio / export_onnxruntime_latency_ratio: the exported built-in
+  Libra R-CNN (tools/export_model.py's module; ONNX through onnxruntime) / the eager model,
+  one 192x256 image. Informational (no target).
+
 Stability: each speed ratio is the median over ``--rounds`` rounds (default 5) of per-round
 ratios of medians, with the garbage collector run before and paused during every round;
 the sampler's round-ratio range is printed beside it.
@@ -282,6 +286,60 @@ def bench_bfp_memory(device, reps, rounds):
     return out
 
 
+def bench_export(device, reps, rounds):
+    """Exported built-in Libra R-CNN (random weights, one 192x256 image, up to 100 detections)
+    against the same model run eagerly through the export wrapper: TorchScript and, where
+    onnxruntime is installed (CPU only), ONNX."""
+    import tempfile
+
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    import libra_d2
+    from libra_d2.export import ExportableDetector, _example, export_onnx, trace_detector
+
+    cfg = get_cfg()
+    libra_d2.add_libra_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, "configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml"))
+    cfg.MODEL.DEVICE = device.type
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    x = _example(cfg, (192, 256))
+    eager = ExportableDetector(model)
+    traced = trace_detector(model, x)
+    out = {}
+
+    def run(fn):
+        with torch.no_grad():
+            fn(x)
+
+    for _ in range(3):  # warm-up (the TorchScript executor optimises on the first calls)
+        run(eager)
+        run(traced)
+    ratio, tt, te, _ = paired_ratio(lambda: run(traced), lambda: run(eager), device, rounds, reps)
+    out["export_torchscript_latency_ratio"] = ratio
+    out["export_eager_ms"] = te * 1e3
+    out["export_torchscript_ms"] = tt * 1e3
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return out
+    if device.type != "cpu":
+        return out
+    with tempfile.TemporaryDirectory() as d:
+        path = export_onnx(model, x, os.path.join(d, "model.onnx"))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        feed = {"image": x.numpy()}
+        for _ in range(3):
+            session.run(None, feed)
+        ratio, to, te, _ = paired_ratio(lambda: session.run(None, feed), lambda: run(eager), device, rounds, reps)
+    out["export_onnxruntime_latency_ratio"] = ratio
+    out["export_onnxruntime_ms"] = to * 1e3
+    return out
+
+
 def machine(device):
     cpu = platform.processor()
     try:
@@ -300,12 +358,13 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions per side and round (sampler: 10x)")
     ap.add_argument("--rounds", type=int, default=5, help="rounds; a ratio is the median of the rounds' ratios")
-    ap.add_argument("--only", default="sampler,detector,bfp_memory")
+    ap.add_argument("--only", default="sampler,detector,bfp_memory,export")
     ap.add_argument("--output", default=os.path.join(ROOT, "output/bench/results.json"))
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     results = {"machine": machine(device)}
-    benches = {"sampler": bench_sampler, "detector": bench_detector, "bfp_memory": bench_bfp_memory}
+    benches = {"sampler": bench_sampler, "detector": bench_detector, "bfp_memory": bench_bfp_memory,
+               "export": bench_export}
     for name in args.only.split(","):
         t = time.time()
         print(f"[bench] {name} ...", flush=True)

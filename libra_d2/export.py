@@ -50,7 +50,8 @@ class ExportableDetector(nn.Module):
             )
         if getattr(model, "mask_on", False) or getattr(getattr(model, "roi_heads", None), "mask_on", False):
             raise TypeError("cannot export a model with a mask head: the exported signature has boxes only")
-        self.model = model.eval()
+        self.model = model
+        self.eval()  # also what exporters restore afterwards
 
     def _instances(self, image):
         model = self.model

@@ -80,3 +80,25 @@ def test_bad_arguments():
         BFP(8, 5, 5)
     with pytest.raises(ValueError, match="refine_type"):
         BFP(8, 5, 2, "attention")
+
+
+def test_gather_form_of_adaptive_max_pool_equals_torch():
+    """BFP's ONNX-exportable pooling gives F.adaptive_max_pool2d's values for every ratio up
+    to the bound, exact and ceil (odd) sizes alike."""
+    from libra_d2.bfp import adaptive_max_pool2d_gather
+
+    g = torch.Generator().manual_seed(0)
+    checked = 0
+    for ratio in (2, 4, 8):
+        for h_out in range(1, 7):
+            for h_in in range(h_out, ratio * h_out + 1):
+                w_out = h_out + 1
+                w_in = min(ratio * w_out, h_in + 2)
+                x = torch.randn(2, 3, h_in, w_in, generator=g)
+                torch.testing.assert_close(adaptive_max_pool2d_gather(x, (h_out, w_out), ratio),
+                                           F.adaptive_max_pool2d(x, (h_out, w_out)), rtol=0, atol=0)
+                checked += 1
+    assert checked > 100
+    # beyond the bound the windows are too long for the gathers: the values differ
+    x = torch.arange(12.0).view(1, 1, 1, 12)
+    assert not torch.equal(adaptive_max_pool2d_gather(x, (1, 2), 2), F.adaptive_max_pool2d(x, (1, 2)))

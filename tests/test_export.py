@@ -9,7 +9,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from libra_d2.export import ExportableDetector, _example, trace_detector
+from libra_d2.export import ExportableDetector, _example, export_onnx, trace_detector
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRACE_SIZE = (192, 256)
@@ -107,6 +107,21 @@ def test_export_tool_writes_a_module_that_loads_with_only_torch(libra_cfg, tmp_p
                           str(tmp_path / "y.pt")], capture_output=True, text=True, cwd=str(tmp_path))
     assert res.returncode == 0, res.stderr[-3000:]
     _assert_parity(_eager(model, x), torch.load(str(tmp_path / "y.pt")))
+
+
+@pytest.mark.parametrize("config", CONFIGS[:2])
+def test_onnx_export_matches_eager_with_dynamic_sizes(libra_cfg, tmp_path, config):
+    """--format onnx: exported with dynamic H, W (BFP's adaptive max pooling in its gather
+    form), run by onnxruntime on sizes other than the traced one."""
+    ort = pytest.importorskip("onnxruntime")
+    cfg, model = _model(libra_cfg, config)
+    path = export_onnx(model, _example(cfg, TRACE_SIZE), str(tmp_path / "model.onnx"))
+    assert not model.training
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for i, size in enumerate(CHECK_SIZES):
+        x = _example(cfg, size, seed=i + 1)
+        out = tuple(torch.as_tensor(o) for o in session.run(None, {"image": x.numpy()}))
+        _assert_parity(_eager(model, x), out)
 
 
 def test_export_rejects_unsupported_models(libra_cfg):

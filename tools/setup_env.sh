@@ -85,7 +85,7 @@ else
   "$PY" tools/install_detectron2.py --constraints "$CONSTRAINTS" --workdir "$VENV/src"
 fi
 
-say "libra-d2: installing the package in editable mode with its dev extras (fvcore, pycocotools, opencv, pytest, ruff)"
+say "libra-d2: installing the package in editable mode with its dev extras (fvcore, pycocotools, opencv, pytest, ruff, onnx, onnxruntime)"
 "$PY" -c "import setuptools, sys; v = tuple(int(x) for x in setuptools.__version__.split('.')[:1]); sys.exit(v < (64,))" \
   || $PIP install -c "$CONSTRAINTS" "setuptools>=64"
 $PIP install -c "$CONSTRAINTS" --no-build-isolation -e ".[dev]"
