@@ -48,7 +48,7 @@ def parse_size(text):
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise SystemExit(f"bad size {text!r}: expected HxW, e.g. 192x256")
+        raise SystemExit(f"bad size {text!r}: expected HxW, e.g. 192x256") from None
     if h < 1 or w < 1:
         raise SystemExit(f"bad size {text!r}: height and width must be positive")
     return h, w
@@ -76,8 +76,7 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     import torch
 
-    from libra_d2.export import (ExportableDetector, _example, compare_detections, default_example_size, export_onnx,
-                                 trace_detector)
+    from libra_d2.export import ExportableDetector, _example, compare_detections, default_example_size, export_onnx, trace_detector
 
     cfg, model = build(args.config_file, args.opts)
     size = parse_size(args.size) if args.size else default_example_size(cfg)
