@@ -21,6 +21,8 @@ reported as a ratio of medians; the machine (CPU model, cores, torch) is recorde
 * export_torchscript_latency_ratio / export_onnxruntime_latency_ratio: the exported built-in
   Libra R-CNN (tools/export_model.py's module; ONNX through onnxruntime) / the eager model,
   one 192x256 image. Informational (no target).
+* padded_px_per_batch_grouped / _ungrouped, padding_share_*: padding in training batches of
+  the mixed-aspect built-in data with aspect-ratio grouping on / off (exact-resume loader).
 
 Stability: each speed ratio is the median over ``--rounds`` rounds (default 5) of per-round
 ratios of medians, with the garbage collector run before and paused during every round;
@@ -340,6 +342,40 @@ def bench_export(device, reps, rounds):
     return out
 
 
+def bench_grouping(device, reps, rounds):
+    """Padding in training batches of the mixed-aspect built-in data (libra_shapes_mixed_train:
+    400 landscape 320x256 and 200 portrait 256x320 images), built-in recipe's resize (short side
+    176/192/208, max 280), batch 4, padded to the FPN's size divisibility 32 as ImageList does:
+    mean padded pixels per batch, and the padding's share of the batch tensor, with the
+    exact-resume loader's aspect-ratio grouping on and off (2,000 batches each)."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.transforms import ResizeShortestEdge
+
+    import libra_d2  # noqa: F401  (registers the datasets)
+    from libra_d2.data.samplers import PositionBatchSampler, aspect_groups
+
+    dicts = DatasetCatalog.get("libra_shapes_mixed_train")
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for name, groups in (("grouped", aspect_groups(dicts)), ("ungrouped", None)):
+        sampler = iter(PositionBatchSampler(len(dicts), 4, 0, groups=groups))
+        pads, shares = [], []
+        for _ in range(2000):
+            sizes = []
+            for _, i in next(sampler):
+                short = int((176, 192, 208)[int(torch.randint(3, (1,), generator=g))])
+                sizes.append(ResizeShortestEdge.get_output_shape(dicts[i]["height"], dicts[i]["width"], short, 280))
+            hmax = -(-max(h for h, _ in sizes) // 32) * 32
+            wmax = -(-max(w for _, w in sizes) // 32) * 32
+            pad = sum(hmax * wmax - h * w for h, w in sizes)
+            pads.append(pad)
+            shares.append(pad / (len(sizes) * hmax * wmax))
+        out[f"padded_px_per_batch_{name}"] = statistics.fmean(pads)
+        out[f"padding_share_{name}"] = statistics.fmean(shares)
+    out["padding_ratio_ungrouped_to_grouped"] = out["padded_px_per_batch_ungrouped"] / out["padded_px_per_batch_grouped"]
+    return out
+
+
 def machine(device):
     cpu = platform.processor()
     try:
@@ -358,13 +394,13 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions per side and round (sampler: 10x)")
     ap.add_argument("--rounds", type=int, default=5, help="rounds; a ratio is the median of the rounds' ratios")
-    ap.add_argument("--only", default="sampler,detector,bfp_memory,export")
+    ap.add_argument("--only", default="sampler,detector,bfp_memory,export,grouping")
     ap.add_argument("--output", default=os.path.join(ROOT, "output/bench/results.json"))
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     results = {"machine": machine(device)}
     benches = {"sampler": bench_sampler, "detector": bench_detector, "bfp_memory": bench_bfp_memory,
-               "export": bench_export}
+               "export": bench_export, "grouping": bench_grouping}
     for name in args.only.split(","):
         t = time.time()
         print(f"[bench] {name} ...", flush=True)

@@ -5,14 +5,16 @@ What it adds to DefaultTrainer (same hooks, writers, evaluation):
 * **Exact ``--resume``** (detectron2 0.6 and main alike). The checkpoint holds the model,
   the optimizer and the LR scheduler (both detectron2 versions installed here save them
   through the trainer state; libra-d2 checks that they are registered), the iteration and
-  the run's base seed. The training stream is addressed by position: sample ``p`` of the
-  run is image ``perm_e[p mod N]`` with one seeded permutation per epoch ``e``, and its
-  augmentation RNGs (numpy, random, torch) are seeded from (seed, p). Every iteration
-  reseeds the main-process RNGs from (seed, iteration), so proposal sampling is repeatable
-  too. After a resume the loader restarts at the checkpoint's position, so "N iterations
-  straight" and "killed, then resumed" see the same images, flips and samples and end with
-  the same weights (CPU). Set ``DATALOADER.EXACT_RESUME: False`` to use detectron2's own
-  loader (with aspect-ratio grouping and its other samplers) instead.
+  the run's base seed. The training stream is addressed by position
+  (:mod:`libra_d2.data.samplers`): batch k is a pure function of (seed, k), with
+  detectron2's aspect-ratio grouping, repeat-factor, weighted and random-subset sampling
+  rebuilt that way; sample ``p`` of the run has its augmentation RNGs (numpy, random,
+  torch) seeded from (seed, p). Every iteration reseeds the main-process RNGs from (seed,
+  iteration), so proposal sampling is repeatable too. After a resume the loader restarts at
+  the checkpoint's position, so "N iterations straight" and "killed, then resumed" see the
+  same images, flips and samples and end with the same weights (CPU), whatever the number
+  of loader workers. An unsupported ``SAMPLER_TRAIN`` is an error, not a silent fallback.
+  Set ``DATALOADER.EXACT_RESUME: False`` to use detectron2's own loader instead.
 * **Atomic checkpoints**: each ``.pth`` and ``last_checkpoint`` is written to a temporary
   file and renamed into place, so a kill during a write leaves the previous checkpoint and
   ``last_checkpoint`` valid.
@@ -38,6 +40,7 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
 from .data.checks import DatasetError, check_json_file, sanitize_boxes
+from .data.samplers import PositionBatchSampler, seed_from, training_plan_from_config
 from .utils.env import detectron2_has_cpp_ops
 
 __all__ = ["LibraTrainer", "AtomicDetectionCheckpointer", "PositionBatchSampler", "seed_from"]
@@ -45,52 +48,10 @@ __all__ = ["LibraTrainer", "AtomicDetectionCheckpointer", "PositionBatchSampler"
 logger = logging.getLogger(__name__)
 
 
-def seed_from(*values) -> int:
-    """A 31-bit seed derived from integers (numpy SeedSequence hashing)."""
-    return int(np.random.SeedSequence([int(v) & 0xFFFFFFFF for v in values]).generate_state(1)[0] & 0x7FFFFFFF)
-
-
 def _seed_all(seed):
     np.random.seed(seed)
     random.seed(seed)
     torch.manual_seed(seed)
-
-
-class PositionBatchSampler(torch.utils.data.Sampler):
-    """Infinite batches of (position, dataset index) pairs for one rank.
-
-    Global batch k covers stream positions [k * B * W, (k + 1) * B * W); rank r takes the
-    r-th block of B. Position p maps to index ``perm_e[p % N]`` where ``perm_e`` is the
-    permutation of epoch ``e = p // N`` drawn from a generator seeded with (seed, e).
-    Starting at batch ``start`` therefore continues a run exactly.
-    """
-
-    def __init__(self, size, batch_size, seed, start=0, shuffle=True, rank=0, world_size=1):
-        if size <= 0:
-            raise DatasetError("the training set is empty (after filtering images without usable annotations)")
-        self.size, self.batch_size, self.seed = size, batch_size, seed
-        self.start, self.shuffle, self.rank, self.world_size = start, shuffle, rank, world_size
-
-    def _perm(self, epoch):
-        if not self.shuffle:
-            return torch.arange(self.size)
-        g = torch.Generator()
-        g.manual_seed(seed_from(self.seed, epoch))
-        return torch.randperm(self.size, generator=g)
-
-    def __iter__(self):
-        k = self.start
-        epoch, perm = -1, None
-        while True:
-            first = (k * self.world_size + self.rank) * self.batch_size
-            batch = []
-            for p in range(first, first + self.batch_size):
-                e = p // self.size
-                if e != epoch:
-                    epoch, perm = e, self._perm(e)
-                batch.append((p, int(perm[p % self.size])))
-            yield batch
-            k += 1
 
 
 class PositionSeededDataset(torch.utils.data.Dataset):
@@ -231,25 +192,30 @@ class LibraTrainer(DefaultTrainer):
         return sanitize_boxes(dicts, ",".join(names))
 
     def _exact_loader(self, cfg, start_iter=0):
-        dicts = self._dataset_dicts(cfg, cfg.DATASETS.TRAIN)
+        names = list(cfg.DATASETS.TRAIN)
+        sizes = None
+        if cfg.DATALOADER.SAMPLER_TRAIN.startswith("Weighted"):  # weights per dataset: load them one by one
+            parts = [self._dataset_dicts(cfg, [n]) for n in names]
+            sizes = [len(p) for p in parts]
+            dicts = [d for p in parts for d in p]
+        else:
+            dicts = self._dataset_dicts(cfg, names)
         world = comm.get_world_size()
         total = cfg.SOLVER.IMS_PER_BATCH
         if total % world:
             raise ValueError(f"SOLVER.IMS_PER_BATCH = {total} is not divisible by the number of processes ({world})")
+        seed = self._seed_hook.base_seed
+        plan = training_plan_from_config(cfg, dicts, seed, dataset_sizes=sizes)
         sampler = PositionBatchSampler(
-            len(dicts), total // world, self._seed_hook.base_seed, start=start_iter, rank=comm.get_rank(), world_size=world
+            len(dicts), total // world, seed, start=start_iter, rank=comm.get_rank(), world_size=world, **plan
         )
-        dataset = PositionSeededDataset(dicts, DatasetMapper(cfg, True), self._seed_hook.base_seed)
+        dataset = PositionSeededDataset(dicts, DatasetMapper(cfg, True), seed)
         return torch.utils.data.DataLoader(
             dataset, batch_sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=_as_batch
         )
 
     def _use_exact_loader(self, cfg):
-        exact = cfg.DATALOADER.get("EXACT_RESUME", True)
-        if exact and cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
-            logger.warning("DATALOADER.EXACT_RESUME needs SAMPLER_TRAIN TrainingSampler; using detectron2's loader")
-            return False
-        return exact
+        return bool(cfg.DATALOADER.get("EXACT_RESUME", True))
 
     def build_train_loader(self, cfg):
         if isinstance(self, LibraTrainer) and self._use_exact_loader(cfg):

@@ -21,13 +21,24 @@ def weights(path):
     return torch.load(path, map_location="cpu", weights_only=False)["model"]
 
 
+PIPELINES = {
+    "plain": [],
+    # mixed landscape/portrait images, detectron2's aspect-ratio grouping (on by default), 2 workers
+    "grouped-2-workers": ["DATASETS.TRAIN", "('libra_shapes_mixed_train',)", "DATALOADER.NUM_WORKERS", "2"],
+    # LVIS-style repeat factors (threshold above the classes' image frequencies: factors > 1)
+    "repeat-factors": ["DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler", "DATALOADER.REPEAT_THRESHOLD", "0.9"],
+}
+
+
 @pytest.mark.slow
-def test_sigkill_then_resume_equals_straight_run(shapes_root, tmp_path):
+@pytest.mark.parametrize("pipeline", list(PIPELINES))
+def test_sigkill_then_resume_equals_straight_run(shapes_root, tmp_path, pipeline):
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-    run_train_net(shapes_root, "--config-file", CFG, *SHORT, "SOLVER.MAX_ITER", "20", "OUTPUT_DIR", straight)
+    short = [*SHORT, *PIPELINES[pipeline]]
+    run_train_net(shapes_root, "--config-file", CFG, *short, "SOLVER.MAX_ITER", "20", "OUTPUT_DIR", straight)
 
     env = dict(os.environ, DETECTRON2_DATASETS=shapes_root, PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", CFG, *SHORT, "SOLVER.MAX_ITER", "20", "OUTPUT_DIR", killed]
+    cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", CFG, *short, "SOLVER.MAX_ITER", "20", "OUTPUT_DIR", killed]
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     tag = os.path.join(killed, "last_checkpoint")
     deadline = time.time() + 300
@@ -41,7 +52,7 @@ def test_sigkill_then_resume_equals_straight_run(shapes_root, tmp_path):
     proc.wait()
     assert not os.path.exists(os.path.join(killed, "model_final.pth")), "process was not killed mid-run"
 
-    run_train_net(shapes_root, "--config-file", CFG, "--resume", *SHORT, "SOLVER.MAX_ITER", "20", "OUTPUT_DIR", killed)
+    run_train_net(shapes_root, "--config-file", CFG, "--resume", *short, "SOLVER.MAX_ITER", "20", "OUTPUT_DIR", killed)
     a, b = weights(os.path.join(straight, "model_final.pth")), weights(os.path.join(killed, "model_final.pth"))
     assert a.keys() == b.keys()
     for k in a:

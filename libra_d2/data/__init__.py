@@ -1,21 +1,24 @@
 """Built-in dataset registration. Importing this module registers ``libra_shapes_train``,
-``libra_shapes_val`` and ``libra_shapes_val_mini`` (first 24 val images) in detectron2's DatasetCatalog through detectron2's own COCO loader
+``libra_shapes_val`` and ``libra_shapes_val_mini`` (first 24 val images), and
+``libra_shapes_mixed_{train,val}`` (every third image rotated to portrait, for aspect-ratio
+grouping: :mod:`libra_d2.data.mixed`) in detectron2's DatasetCatalog through detectron2's own COCO loader
 (``load_coco_json``), so the standard data loader and ``COCOEvaluator`` run on them. The
 files are generated on first use under ``$DETECTRON2_DATASETS`` (default ``./datasets``)."""
 import os
 
+from .mixed import ensure_mixed, mixed_dir
 from .shapes import CLASSES, SPLITS, dataset_dir, ensure_generated
 
-__all__ = ["register_libra_shapes", "ensure_generated", "dataset_dir", "CLASSES"]
+__all__ = ["register_libra_shapes", "ensure_generated", "ensure_mixed", "dataset_dir", "CLASSES"]
 
 
 MINI_VAL_IMAGES = 24
 
 
-def _load(split, root, limit=None, name=None):
+def _load(split, root, limit=None, name=None, mixed=False):
     from detectron2.data.datasets.coco import load_coco_json
 
-    path = ensure_generated(root)
+    path = ensure_mixed(root) if mixed else ensure_generated(root)
     dicts = load_coco_json(
         os.path.join(path, "annotations", f"instances_{split}.json"), os.path.join(path, split), name or f"libra_shapes_{split}"
     )
@@ -26,16 +29,19 @@ def register_libra_shapes(root=None):
     """Register both splits (idempotent). ``root`` defaults to $DETECTRON2_DATASETS or ./datasets."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    path = dataset_dir(root)
-    entries = [(f"libra_shapes_{s}", s, None) for s in SPLITS]
+    entries = [(f"libra_shapes_{s}", s, None, False) for s in SPLITS]
     # the first MINI_VAL_IMAGES val images, for quick checks (COCOEvaluator scores only
     # the images it saw, so the full val json serves as ground truth)
-    entries.append(("libra_shapes_val_mini", "val", MINI_VAL_IMAGES))
-    for name, split, limit in entries:
+    entries.append(("libra_shapes_val_mini", "val", MINI_VAL_IMAGES, False))
+    entries += [(f"libra_shapes_mixed_{s}", s, None, True) for s in SPLITS]
+    for name, split, limit, mixed in entries:
+        path = mixed_dir(root) if mixed else dataset_dir(root)
         if name in DatasetCatalog.list():
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
-        DatasetCatalog.register(name, lambda split=split, root=root, limit=limit, name=name: _load(split, root, limit, name))
+        DatasetCatalog.register(
+            name, lambda split=split, root=root, limit=limit, name=name, mixed=mixed: _load(split, root, limit, name, mixed)
+        )
         MetadataCatalog.get(name).set(
             json_file=os.path.join(path, "annotations", f"instances_{split}.json"),
             image_root=os.path.join(path, split),
