@@ -5,6 +5,11 @@
     python train_net.py --config-file configs/COCO-Detection/libra_faster_rcnn_R_50_FPN_1x.yaml --num-gpus 8
     python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS output/model_final.pth
     python train_net.py --config-file CONFIG --resume        # continue exactly from OUTPUT_DIR/last_checkpoint
+    python train_net.py --config-file configs/lazy/libra_faster_rcnn_R_50_FPN_1x.py --num-gpus 8 train.max_iter=1000
+
+A ``.py`` config file is a detectron2 LazyConfig: it is trained and evaluated by
+:mod:`libra_d2.lazy` (detectron2's LazyConfig loop with the same exact resume, atomic
+checkpoints and data checks), and the overrides are ``key=value`` pairs.
 
 Multi-GPU / multi-machine runs use detectron2's ``launch`` (``--num-gpus``,
 ``--num-machines``, ``--machine-rank``, ``--dist-url``). The evaluation results dict is
@@ -53,7 +58,15 @@ def write_results(cfg, results):
         logger.info("Evaluation results written to %s", path)
 
 
+def is_lazy(path):
+    return path.endswith(".py")
+
+
 def main(args):
+    if is_lazy(args.config_file):
+        from libra_d2.lazy import main_lazy
+
+        return main_lazy(args)
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
@@ -82,18 +95,25 @@ def check_launch(args):
 
     from libra_d2.utils.env import launch_supports_cpu
 
-    cfg = get_cfg()
-    libra_d2.add_libra_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    on_cpu = cfg.MODEL.DEVICE == "cpu" or not torch.cuda.is_available()
+    if is_lazy(args.config_file):
+        from detectron2.config import LazyConfig
+
+        lazy = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+        device = str(lazy.train.get("device", "cuda"))
+    else:
+        cfg = get_cfg()
+        libra_d2.add_libra_config(cfg)
+        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(args.opts)
+        device = cfg.MODEL.DEVICE
+    on_cpu = device == "cpu" or not torch.cuda.is_available()
     if on_cpu and not launch_supports_cpu():
         raise LibraConfigError(
             f"--num-gpus {args.num_gpus} x --num-machines {args.num_machines} on CPU: this detectron2's launch() "
             "hard-codes the NCCL backend, which needs CUDA GPUs, so it cannot start several CPU processes. "
             "Use --num-gpus 1, or a detectron2 whose launch() falls back to gloo (main; see the README)"
         )
-    if on_cpu and args.num_gpus > 1 and torch.cuda.is_available() and cfg.MODEL.DEVICE == "cpu":
+    if on_cpu and args.num_gpus > 1 and torch.cuda.is_available() and device == "cpu":
         raise LibraConfigError(
             "MODEL.DEVICE cpu with --num-gpus > 1 on a machine with CUDA: detectron2's launch() picks NCCL "
             "whenever CUDA is available, which cannot reduce CPU tensors; train on the GPUs or with one process"

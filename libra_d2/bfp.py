@@ -107,10 +107,16 @@ class BFP(nn.Module):
 
     def __init__(self, channels: int, num_levels: int, refine_level: int = 2, refine_type: str = "non_local"):
         super().__init__()
-        if not 0 <= refine_level < num_levels:
-            raise ValueError(f"BFP refine_level={refine_level} is outside the pyramid: allowed 0..{num_levels - 1}")
+        if isinstance(refine_level, bool) or not isinstance(refine_level, int) or not 0 <= refine_level < num_levels:
+            raise LibraConfigError(
+                f"BFP(refine_level=...) [config key MODEL.BFP.REFINE_LEVEL] = {refine_level!r} is invalid: "
+                f"allowed 0..{num_levels - 1} (an index into the {num_levels} pyramid levels)"
+            )
         if refine_type not in REFINE_TYPES:
-            raise ValueError(f"BFP refine_type={refine_type!r}: allowed {REFINE_TYPES}")
+            raise LibraConfigError(
+                f"BFP(refine_type=...) [config key MODEL.BFP.REFINE_TYPE] = {refine_type!r} is invalid: "
+                f"allowed one of {', '.join(repr(t) for t in REFINE_TYPES)}"
+            )
         self.channels = channels
         self.num_levels = num_levels
         self.refine_level = refine_level

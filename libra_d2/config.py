@@ -6,7 +6,10 @@ of ``MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE``, ``MODEL.RPN.BBOX_REG_LOSS_TYPE`` a
 """
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_libra_config", "validate_libra_config", "split_balanced_l1", "LibraConfigError"]
+__all__ = [
+    "add_libra_config", "validate_libra_config", "split_balanced_l1", "LibraConfigError", "check_choice", "check_number",
+    "validate_sampler_args", "validate_balanced_l1_args",
+]
 
 POS_SAMPLERS = ("instance_balanced", "random")
 NEG_SAMPLERS = ("iou_balanced", "random")
@@ -87,14 +90,14 @@ def _fail(key, value, allowed):
     raise LibraConfigError(f"{key} = {value!r} is invalid: allowed {allowed}")
 
 
-def _check_choice(cfg, key, choices):
-    value = _get(cfg, key)
+def check_choice(key, value, choices):
+    """Raise :class:`LibraConfigError` naming ``key`` unless ``value`` is one of ``choices``."""
     if value not in choices:
         _fail(key, value, "one of " + ", ".join(repr(c) for c in choices))
 
 
-def _check_number(cfg, key, lo=None, hi=None, lo_open=False, integer=False):
-    value = _get(cfg, key)
+def check_number(key, value, lo=None, hi=None, lo_open=False, integer=False):
+    """Raise :class:`LibraConfigError` naming ``key`` unless ``value`` is a number in range."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         _fail(key, value, "a number")
     if integer and int(value) != value:
@@ -104,6 +107,46 @@ def _check_number(cfg, key, lo=None, hi=None, lo_open=False, integer=False):
     if bad_lo or bad_hi or value != value:
         left = "(" if lo_open else "["
         _fail(key, value, f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]")
+
+
+def _check_choice(cfg, key, choices):
+    check_choice(key, _get(cfg, key), choices)
+
+
+def _check_number(cfg, key, **kw):
+    check_number(key, _get(cfg, key), **kw)
+
+
+def _arg_key(owner, arg, yacs_key):
+    return f"{owner}({arg}=...) [config key {yacs_key}]"
+
+
+def validate_sampler_args(owner, pos_sampler, neg_sampler, floor_thresh, floor_fraction, num_bins, neg_bin_upper,
+                          bg_iou_thresh):
+    """The checks of :func:`validate_libra_config` on the sampler arguments of a component
+    built directly (LazyConfig, Python), with the same messages; ``owner`` names it."""
+    k = lambda arg, key: _arg_key(owner, arg, f"MODEL.LIBRA.{key}")  # noqa: E731
+    check_choice(k("pos_sampler", "POS_SAMPLER"), pos_sampler, POS_SAMPLERS)
+    check_choice(k("neg_sampler", "NEG_SAMPLER"), neg_sampler, NEG_SAMPLERS)
+    check_number(k("floor_thresh", "FLOOR_THRESH"), floor_thresh, lo=-1.0, hi=1.0)
+    if floor_thresh != -1 and floor_thresh < 0:
+        _fail(k("floor_thresh", "FLOOR_THRESH"), floor_thresh, "-1 (no floor set) or a value in [0, 1]")
+    check_number(k("floor_fraction", "FLOOR_FRACTION"), floor_fraction, lo=0.0, hi=1.0)
+    check_number(k("num_bins", "NUM_BINS"), num_bins, lo=1, integer=True)
+    check_choice(k("neg_bin_upper", "NEG_BIN_UPPER"), neg_bin_upper, NEG_BIN_UPPERS)
+    if neg_bin_upper == "bg_thresh" and bg_iou_thresh <= max(float(floor_thresh), 0.0):
+        _fail(k("neg_bin_upper", "NEG_BIN_UPPER"), "bg_thresh",
+              f"only when the background IoU threshold ({bg_iou_thresh}) > the bins' lower edge "
+              f"max(FLOOR_THRESH, 0) ({max(float(floor_thresh), 0.0)})")
+
+
+def validate_balanced_l1_args(owner, arg, params, yacs_node):
+    """Balanced L1 parameters (dict alpha/gamma/beta, or None) of a directly built component."""
+    if params is None:
+        return
+    for name in ("alpha", "gamma", "beta"):
+        check_number(_arg_key(owner, f"{arg}[{name!r}]" if arg else f"balanced_l1_{name}",
+                              f"MODEL.LIBRA.{yacs_node}.{name.upper()}"), params.get(name), lo=0.0, lo_open=True)
 
 
 def _get(cfg, key):

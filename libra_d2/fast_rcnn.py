@@ -3,6 +3,7 @@ from detectron2.config import configurable
 from detectron2.layers import nonzero_tuple
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 
+from .config import check_choice, validate_balanced_l1_args
 from .losses import balanced_l1_loss
 
 __all__ = ["LibraFastRCNNOutputLayers"]
@@ -19,6 +20,13 @@ class LibraFastRCNNOutputLayers(FastRCNNOutputLayers):
 
     @configurable
     def __init__(self, *args, balanced_l1_alpha=0.5, balanced_l1_gamma=1.5, balanced_l1_beta=1.0, **kwargs):
+        validate_balanced_l1_args(
+            "LibraFastRCNNOutputLayers", None,
+            dict(alpha=balanced_l1_alpha, gamma=balanced_l1_gamma, beta=balanced_l1_beta), "BALANCED_L1",
+        )
+        if "box_reg_loss_type" in kwargs:
+            check_choice("LibraFastRCNNOutputLayers(box_reg_loss_type=...) [config key MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE]",
+                         kwargs["box_reg_loss_type"], ("smooth_l1", "giou", "diou", "ciou", "balanced_l1"))
         super().__init__(*args, **kwargs)
         self.balanced_l1_alpha = balanced_l1_alpha
         self.balanced_l1_gamma = balanced_l1_gamma

@@ -4,7 +4,7 @@ from detectron2.config import configurable
 from detectron2.modeling.meta_arch import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 
-from .config import split_balanced_l1, validate_libra_config
+from .config import split_balanced_l1, validate_balanced_l1_args, validate_libra_config
 from .losses import balanced_l1_loss
 
 __all__ = ["LibraRetinaNet"]
@@ -30,6 +30,7 @@ class LibraRetinaNet(RetinaNet):
 
     @configurable
     def __init__(self, *args, balanced_l1=None, clip_before_nms=False, **kwargs):
+        validate_balanced_l1_args("LibraRetinaNet", "balanced_l1", balanced_l1, "RETINANET_BALANCED_L1")
         super().__init__(*args, **kwargs)
         self.balanced_l1 = balanced_l1
         self.clip_before_nms = bool(clip_before_nms)

@@ -9,7 +9,7 @@ from detectron2.modeling.sampling import subsample_labels
 from detectron2.structures import Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 
-from .config import validate_libra_config
+from .config import validate_libra_config, validate_sampler_args
 from .fast_rcnn import LibraFastRCNNOutputLayers
 from .sampling import (
     instance_balanced_positives_mask,
@@ -61,6 +61,8 @@ class LibraROIHeads(StandardROIHeads):
         bg_iou_thresh: float = 0.5,
         **kwargs,
     ):
+        validate_sampler_args(type(self).__name__, pos_sampler, neg_sampler, floor_thresh, floor_fraction, num_bins,
+                              neg_bin_upper, bg_iou_thresh)
         super().__init__(**kwargs)
         self.pos_sampler = pos_sampler
         self.neg_sampler = neg_sampler

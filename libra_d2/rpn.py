@@ -4,7 +4,7 @@ from detectron2.config import configurable
 from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY
 from detectron2.modeling.proposal_generator.rpn import RPN
 
-from .config import split_balanced_l1, validate_libra_config
+from .config import LibraConfigError, check_number, split_balanced_l1, validate_balanced_l1_args, validate_libra_config
 from .losses import balanced_l1_loss
 from .sampling import random_subset_mask
 
@@ -42,6 +42,11 @@ class LibraRPN(RPN):
 
     @configurable
     def __init__(self, *args, neg_pos_ub: float = -1.0, balanced_l1=None, **kwargs):
+        key = "LibraRPN(neg_pos_ub=...) [config key MODEL.LIBRA.RPN_NEG_POS_UB]"
+        check_number(key, neg_pos_ub, lo=-1.0)
+        if neg_pos_ub != -1 and neg_pos_ub < 0:
+            raise LibraConfigError(f"{key} = {neg_pos_ub!r} is invalid: allowed -1 (off) or a value >= 0")
+        validate_balanced_l1_args("LibraRPN", "balanced_l1", balanced_l1, "RPN_BALANCED_L1")
         super().__init__(*args, **kwargs)
         self.neg_pos_ub = float(neg_pos_ub)
         self.balanced_l1 = balanced_l1  # None or dict(alpha, gamma, beta)
