@@ -75,12 +75,12 @@ dataloader.test.dataset.names = "libra_shapes_val"
 dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=192, max_size=280)]
 dataloader.test.num_workers = 1
 
-# ---- optimizer and schedule: AdamW 1e-3, decoupled weight decay 0.05, clip each parameter's
+# ---- optimizer and schedule: AdamW 5e-4, decoupled weight decay 0.05, clip each parameter's
 # gradient norm at 5; warm-up 100 iterations, x0.1 at 700 and 850 of 900
 optimizer = L(clipped_optimizer)(
     optimizer=torch.optim.AdamW,
     params=L(get_default_optimizer_params)(weight_decay_norm=0.0),
-    lr=0.001,
+    lr=0.0005,
     weight_decay=0.05,
     clip_value=5.0,
     clip_type="norm",
