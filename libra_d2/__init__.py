@@ -1,11 +1,11 @@
 """libra-d2: Libra R-CNN for Detectron2.
 
 Importing this package registers every component in Detectron2's registries:
-``LibraROIHeads`` (ROI_HEADS_REGISTRY), ``build_resnet_bfp_backbone`` and
+``LibraROIHeads`` and ``LibraCascadeROIHeads`` (ROI_HEADS_REGISTRY), ``build_resnet_bfp_backbone`` and
 ``build_retinanet_resnet_bfp_backbone`` (BACKBONE_REGISTRY), ``LibraRPN``
 (PROPOSAL_GENERATOR_REGISTRY) and ``LibraRetinaNet`` (META_ARCH_REGISTRY).
 """
 __version__ = "0.1.0"
 
-from . import bfp, data, retinanet, roi_heads, rpn  # noqa: F401  (registration side effects)
+from . import bfp, cascade, data, retinanet, roi_heads, rpn  # noqa: F401  (registration side effects)
 from .config import add_libra_config, validate_libra_config  # noqa: F401

@@ -209,20 +209,22 @@ def _check_balanced_l1_owners(cfg):
     from detectron2.modeling import META_ARCH_REGISTRY, PROPOSAL_GENERATOR_REGISTRY, ROI_HEADS_REGISTRY
 
     owners = (
-        ("MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", "MODEL.ROI_HEADS.NAME", ROI_HEADS_REGISTRY, "LibraROIHeads"),
-        ("MODEL.RPN.BBOX_REG_LOSS_TYPE", "MODEL.PROPOSAL_GENERATOR.NAME", PROPOSAL_GENERATOR_REGISTRY, "LibraRPN"),
-        ("MODEL.RETINANET.BBOX_REG_LOSS_TYPE", "MODEL.META_ARCHITECTURE", META_ARCH_REGISTRY, "LibraRetinaNet"),
+        ("MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", "MODEL.ROI_HEADS.NAME", ROI_HEADS_REGISTRY,
+         ("LibraROIHeads", "LibraCascadeROIHeads")),
+        ("MODEL.RPN.BBOX_REG_LOSS_TYPE", "MODEL.PROPOSAL_GENERATOR.NAME", PROPOSAL_GENERATOR_REGISTRY, ("LibraRPN",)),
+        ("MODEL.RETINANET.BBOX_REG_LOSS_TYPE", "MODEL.META_ARCHITECTURE", META_ARCH_REGISTRY, ("LibraRetinaNet",)),
     )
-    for loss_key, name_key, registry, libra_name in owners:
+    for loss_key, name_key, registry, libra_names in owners:
         if _get(cfg, loss_key) != "balanced_l1":
             continue
         name = _get(cfg, name_key)
         try:
-            cls, libra_cls = registry.get(name), registry.get(libra_name)
+            cls, libra_classes = registry.get(name), tuple(registry.get(n) for n in libra_names)
         except KeyError:  # unknown names are detectron2's own error to report
             continue
-        if not (isinstance(cls, type) and issubclass(cls, libra_cls)):
-            _fail(loss_key, "balanced_l1", f"with {name_key} = {libra_name!r} (or a subclass), not {name!r}; "
+        if not (isinstance(cls, type) and issubclass(cls, libra_classes)):
+            libra_name = " or ".join(repr(n) for n in libra_names)
+            _fail(loss_key, "balanced_l1", f"with {name_key} = {libra_name} (or a subclass), not {name!r}; "
                   "for Balanced L1 alone on the box head, use LibraROIHeads with MODEL.LIBRA.POS_SAMPLER and "
                   "NEG_SAMPLER 'random'")
 

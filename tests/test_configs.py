@@ -33,6 +33,15 @@ def test_config_list_is_complete():
         "libra_rcnn_R_18_FPN_cpu.yaml",
         "faster_rcnn_R_18_FPN_cpu.yaml",
         "libra_retinanet_R_18_FPN_cpu.yaml",
+        "libra_mask_rcnn_R_50_FPN_1x.yaml",
+        "mask_rcnn_R_50_FPN_1x.yaml",
+        "libra_cascade_rcnn_R_50_FPN_1x.yaml",
+        "cascade_rcnn_R_50_FPN_1x.yaml",
+        "libra_fast_rcnn_R_50_FPN_1x.yaml",
+        "fast_rcnn_R_50_FPN_1x.yaml",
+        "libra_mask_rcnn_R_18_FPN_cpu.yaml",
+        "libra_cascade_rcnn_R_18_FPN_cpu.yaml",
+        "libra_fast_rcnn_R_18_FPN_cpu.yaml",
     ]:
         assert required in names, required
 

@@ -56,8 +56,8 @@ def test_losses_finite_with_and_without_gt(libra_cfg, loss_type, method):
     assert all(torch.isfinite(v) for v in losses.values())
 
 
-def neg_ious(libra_cfg, neg_sampler, seed, method="auto"):
-    cfg, heads = small_heads(libra_cfg, "MODEL.LIBRA.NEG_SAMPLER", neg_sampler, "MODEL.LIBRA.POS_SAMPLER", "random")
+def neg_ious(libra_cfg, neg_sampler, seed, method="auto", *opts):
+    cfg, heads = small_heads(libra_cfg, "MODEL.LIBRA.NEG_SAMPLER", neg_sampler, "MODEL.LIBRA.POS_SAMPLER", "random", *opts)
     heads.sampler_method = method
     heads.train()
     # one image: 1000 proposals far from the object (IoU 0) and 100 around it (low IoU)
