@@ -16,6 +16,7 @@ PAIRS = {
     "libra_rcnn_R_18_FPN_builtin.py": "builtin/libra_rcnn_R_18_FPN_cpu.yaml",
     "libra_faster_rcnn_R_50_FPN_1x.py": "COCO-Detection/libra_faster_rcnn_R_50_FPN_1x.yaml",
     "libra_retinanet_R_50_FPN_1x.py": "COCO-Detection/libra_retinanet_R_50_FPN_1x.yaml",
+    "libra_mask_rcnn_R_50_FPN_1x.py": "COCO-InstanceSegmentation/libra_mask_rcnn_R_50_FPN_1x.yaml",
 }
 BUILTIN = os.path.join(ROOT, "configs/lazy/libra_rcnn_R_18_FPN_builtin.py")
 
@@ -56,9 +57,12 @@ def test_lazy_model_equals_its_yacs_twin(libra_cfg, name):
 
     def rows(inst):
         t = torch.cat([inst.scores[:, None], inst.pred_classes[:, None].float(), inst.pred_boxes.tensor], 1)
+        if inst.has("pred_masks"):
+            t = torch.cat([t, inst.pred_masks.flatten(1).float().sum(1, keepdim=True)], 1)
         return sorted(map(tuple, t.tolist()))
 
     assert rows(a) == rows(b)
+    assert a.has("pred_masks") == b.has("pred_masks") == ("mask" in name)
 
 
 def test_builtin_lazy_config_trains_evaluates_and_resumes_exactly(shapes_root, tmp_path):
