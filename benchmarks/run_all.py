@@ -332,6 +332,9 @@ def bench_export(device, reps, rounds):
         path = export_onnx(model, x, os.path.join(d, "model.onnx"))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()
+        # onnxruntime's idle worker threads spin by default, which slows the eager call timed
+        # right after each onnxruntime call: let them sleep
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         feed = {"image": x.numpy()}
         for _ in range(3):
