@@ -1,57 +1,10 @@
-"""Libra Faster R-CNN R-50-FPN 1x on COCO, as a LazyConfig.
-
-detectron2's own building blocks (``common/`` in its model zoo: Mask R-CNN FPN model without
-the mask branch, COCO data, SGD, 1x schedule, train options) with the Libra parts swapped in
-by LazyCall. Same model as ``configs/COCO-Detection/libra_faster_rcnn_R_50_FPN_1x.yaml``
-(checked module by module in tests/test_lazy.py).
+"""Libra Faster R-CNN R-50-FPN 1x on COCO, as a LazyConfig: ``libra_mask_rcnn_R_50_FPN_1x.py``
+(detectron2's ``common/`` configs with the Libra parts swapped in) without the mask branch.
+Same model as ``configs/COCO-Detection/libra_faster_rcnn_R_50_FPN_1x.yaml`` (tests/test_lazy.py).
 
     python train_net.py --config-file configs/lazy/libra_faster_rcnn_R_50_FPN_1x.py --num-gpus 8
 """
+from .libra_mask_rcnn_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 
-from libra_d2.bfp import BFPFPN
-from libra_d2.fast_rcnn import LibraFastRCNNOutputLayers
-from libra_d2.lazy import d2_config
-from libra_d2.roi_heads import LibraROIHeads
-from libra_d2.rpn import LibraRPN
-
-model = d2_config("common/models/mask_rcnn_fpn.py").model
-dataloader = d2_config("common/data/coco.py").dataloader
-optimizer = d2_config("common/optim.py").SGD
-lr_multiplier = d2_config("common/coco_schedule.py").lr_multiplier_1x
-train = d2_config("common/train.py").train
-
-# Faster R-CNN: no mask branch
 model.roi_heads.update(mask_in_features=None, mask_pooler=None, mask_head=None)
 dataloader.train.mapper.use_instance_mask = False
-# the yacs configs' normalisation (MSRA R-50 weights, BGR 0..255)
-model.pixel_mean = [103.530, 116.280, 123.675]
-model.pixel_std = [1.0, 1.0, 1.0]
-
-# Balanced Feature Pyramid: FPN + gather/refine/scatter at p4 with a non-local block
-model.backbone._target_ = BFPFPN
-model.backbone.refine_level = 2
-model.backbone.refine_type = "non_local"
-
-# RPN: at most 5 negatives per positive anchor of an image
-model.proposal_generator._target_ = LibraRPN
-model.proposal_generator.neg_pos_ub = 5.0
-
-# Box head: IoU-balanced negatives, instance-balanced positives, Balanced L1 loss
-model.roi_heads._target_ = LibraROIHeads
-model.roi_heads.update(
-    pos_sampler="instance_balanced",
-    neg_sampler="iou_balanced",
-    floor_thresh=-1.0,
-    floor_fraction=0.0,
-    num_bins=3,
-    neg_bin_upper="max_iou",
-    bg_iou_thresh=0.5,  # = proposal_matcher.thresholds[0]
-)
-model.roi_heads.box_predictor._target_ = LibraFastRCNNOutputLayers
-model.roi_heads.box_predictor.update(
-    box_reg_loss_type="balanced_l1", balanced_l1_alpha=0.5, balanced_l1_gamma=1.5, balanced_l1_beta=1.0,
-)
-
-model.backbone.bottom_up.freeze_at = 2
-train.init_checkpoint = "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
-train.seed = -1
