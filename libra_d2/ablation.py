@@ -61,6 +61,15 @@ PRESETS = {
                         "configs/COCO-Detection/libra_retinanet_R_50_FPN_1x.yaml", _RETINA_SWITCHES)],
 }
 PRESETS["builtin"] = PRESETS["builtin-rcnn"] + PRESETS["builtin-retinanet"]
+# Other heads on the built-in data (#15): each Libra model against its plain twin. The Fast
+# R-CNN pair reads the proposal files its configs name (tools/dump_proposals.py writes them).
+PRESETS["builtin-cascade"] = [("cascade_", "configs/builtin/cascade_rcnn_R_18_FPN_cpu.yaml",
+                               "configs/builtin/libra_cascade_rcnn_R_18_FPN_cpu.yaml", {})]
+PRESETS["builtin-mask"] = [("mask_", "configs/builtin/mask_rcnn_R_18_FPN_cpu.yaml",
+                            "configs/builtin/libra_mask_rcnn_R_18_FPN_cpu.yaml", {})]
+PRESETS["builtin-fast"] = [("fast_", "configs/builtin/fast_rcnn_R_18_FPN_cpu.yaml",
+                            "configs/builtin/libra_fast_rcnn_R_18_FPN_cpu.yaml", {})]
+PRESETS["builtin-heads"] = PRESETS["builtin-cascade"] + PRESETS["builtin-mask"] + PRESETS["builtin-fast"]
 
 
 def preset_plan(name, components=True):
@@ -185,6 +194,12 @@ def load_metrics(output_dir, task="bbox"):
     return {k: res[task][k] for k in METRICS if k in res.get(task, {})}
 
 
+def load_tasks(output_dir):
+    """The evaluated tasks of a finished run (``bbox``, ``segm``, ...)."""
+    with open(os.path.join(output_dir, "eval_results.json")) as f:
+        return sorted(k for k, v in json.load(f).items() if isinstance(v, dict))
+
+
 def build_report(runs, baseline, confidence=0.95):
     """``runs``: list of dicts with at least name, seed, metrics (dict or None).
     ``baseline``: the name every other variant is compared with, or a dict variant name ->
@@ -220,8 +235,9 @@ def _fmt(s):
     return f"{s['mean']:.2f}" + (f" ± {s['std']:.2f}" if s["std"] is not None else "")
 
 
-def report_markdown(report, title="Ablation"):
-    lines = [f"# {title}", "", "Per configuration: mean ± sample standard deviation over seeds (COCO box AP).", ""]
+def report_markdown(report, title="Ablation", task="bbox"):
+    what = {"bbox": "COCO box AP", "segm": "COCO mask AP"}.get(task, f"COCO {task} AP")
+    lines = [f"# {title}", "", f"Per configuration: mean ± sample standard deviation over seeds ({what}).", ""]
     lines.append("| config | seeds | " + " | ".join(METRICS) + " |")
     lines.append("|---|---|" + "---|" * len(METRICS))
     for name, summ in report["configs"].items():

@@ -118,3 +118,34 @@ def test_builtin_preset_plan_and_per_group_baselines():
     assert rep["differences"]["retinanet_libra"]["baseline"] == "retinanet_baseline"
     assert abs(rep["differences"]["retinanet_libra"]["AP"]["mean"] - 2.5) < 1e-12
     assert "baseline" not in rep["differences"]
+
+
+def test_heads_presets_and_segm_report_from_finished_runs(tmp_path):
+    """builtin-heads pairs each Libra head with its twin; Mask R-CNN runs, which evaluate
+    bbox and segm, get a second (segm) report next to the box-AP one."""
+    from libra_d2.ablation import preset_plan
+
+    plan = {v.name: v for v in preset_plan("builtin-heads")}
+    assert set(plan) == {"cascade_baseline", "cascade_libra", "mask_baseline", "mask_libra", "fast_baseline", "fast_libra"}
+    for name, v in plan.items():
+        assert os.path.isfile(os.path.join(ROOT, v.config_file)), v.config_file
+        if name.endswith("_libra"):
+            assert v.baseline == name.replace("_libra", "_baseline")
+    out = tmp_path / "abl"
+    segm = {("mask_baseline", 1): 20.0, ("mask_baseline", 2): 22.0, ("mask_libra", 1): 23.0, ("mask_libra", 2): 26.0}
+    for (name, seed), ap in segm.items():
+        d = out / name / f"seed{seed}"
+        d.mkdir(parents=True)
+        res = {t: {m: ap + off for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")} for t, off in (("bbox", 10.0), ("segm", 0.0))}
+        (d / "eval_results.json").write_text(json.dumps(res))
+    cmd = [sys.executable, os.path.join(ROOT, "tools/ablate.py"), "--preset", "builtin-mask", "--seeds", "1", "2",
+           "-o", str(out), "--report-only"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads((out / "ablation.json").read_text())
+    assert abs(data["report"]["configs"]["mask_libra"]["AP"]["mean"] - 34.5) < 1e-9  # bbox = segm + 10
+    seg = data["reports_by_task"]["segm"]
+    assert abs(seg["configs"]["mask_baseline"]["AP"]["mean"] - 21.0) < 1e-9
+    assert abs(seg["differences"]["mask_libra"]["AP"]["mean"] - 3.5) < 1e-9  # pairs: +3, +4
+    md = (out / "ablation.md").read_text()
+    assert "COCO mask AP" in md and "COCO box AP" in md

@@ -38,6 +38,7 @@ from libra_d2.ablation import (  # noqa: E402
     Variant,
     build_report,
     load_metrics,
+    load_tasks,
     preset_plan,
     report_markdown,
     run_status,
@@ -109,14 +110,28 @@ def make_plan(args):
 
 
 def write_outputs(out_dir, variants, baseline, runs, title):
+    """ablation.json / ablation.md: the box-AP report, and where runs also evaluated other
+    tasks (Mask R-CNN: ``segm``), one more report per task (``reports_by_task`` in the json,
+    a further section of the markdown)."""
     report = build_report(runs, baseline)
+    extra = sorted({t for r in runs for t in (r.get("metrics_by_task") or {}) if t != "bbox"})
+    by_task = {}
+    for task in extra:
+        task_runs = [dict(r, metrics=(r.get("metrics_by_task") or {}).get(task)) for r in runs]
+        by_task[task] = build_report(task_runs, baseline)
     data = {"baseline": baseline, "variants": [v.to_dict() for v in variants], "runs": runs, "report": report}
+    if by_task:
+        data["reports_by_task"] = by_task
     tmp = os.path.join(out_dir, "ablation.json.tmp")
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1)
     os.replace(tmp, os.path.join(out_dir, "ablation.json"))
+    title = title or f"Ablation in {out_dir}"
+    md = report_markdown(report, title)
+    for task, rep in by_task.items():
+        md += "\n" + report_markdown(rep, f"{title}: {task}", task=task)
     with open(os.path.join(out_dir, "ablation.md"), "w") as f:
-        f.write(report_markdown(report, title or f"Ablation in {out_dir}"))
+        f.write(md)
     return report
 
 
@@ -142,6 +157,9 @@ def run_one(args, v, seed, tag, only, env):
         status = run_status(out)
     if status == "done":
         run["metrics"] = load_metrics(out)
+        tasks = load_tasks(out)
+        if set(tasks) - {"bbox"}:
+            run["metrics_by_task"] = {t: load_metrics(out, t) for t in tasks}
         print(f"{tag} AP {run['metrics'].get('AP', float('nan')):.2f}"
               + (f" ({run['seconds']:.0f} s)" if "seconds" in run else " (finished earlier)"), flush=True)
     elif "error" not in run:
