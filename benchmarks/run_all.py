@@ -26,7 +26,9 @@ reported as a ratio of medians; the machine (CPU model, cores, torch) is recorde
 
 Stability: each speed ratio is the median over ``--rounds`` rounds (default 5) of per-round
 ratios of medians, with the garbage collector run before and paused during every round;
-the sampler's round-ratio range is printed beside it.
+the sampler's round-ratio range is printed beside it. On CPU the sampler figures run in a
+subprocess with glibc's malloc thresholds fixed (MALLOC_ENV below: the process's earlier
+allocations otherwise decided whether the 100k arrays were fresh mmaps, a 1.45x swing).
 
 Options: --device cuda (when a GPU is present), --reps N, --rounds N, --only NAME[,NAME].
 """
@@ -101,7 +103,35 @@ def iou_mix(n, device, seed=0):
     return iou.to(device), (iou < 0.5).to(device)
 
 
+# glibc's malloc serves blocks above its mmap threshold with fresh mmaps (page faults and
+# zeroing on every call) and raises that threshold as large blocks are freed, so the cost of
+# the 100k-proposal arrays depended on what the process had allocated before: in otherwise
+# identical runs ours took 0.95 or 1.37 ms. The sampler figures are measured in a
+# subprocess with both thresholds fixed (the same for both sides), which makes them repeatable.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(4 << 20), "MALLOC_TRIM_THRESHOLD_": str(16 << 20)}
+
+
 def bench_sampler(device, reps, rounds):
+    if device.type == "cpu" and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
+        return _in_subprocess("sampler", device, reps, rounds, MALLOC_ENV)
+    return _bench_sampler(device, reps, rounds)
+
+
+def _in_subprocess(name, device, reps, rounds, env):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "r.json")
+        cmd = [sys.executable, os.path.abspath(__file__), "--only", name, "--device", str(device), "--reps", str(reps),
+               "--rounds", str(rounds), "--output", out, "--quiet"]
+        subprocess.run(cmd, check=True, env=dict(os.environ, **env), cwd=ROOT)
+        with open(out) as f:
+            res = json.load(f)
+    res.pop("machine", None)
+    return res
+
+
+def _bench_sampler(device, reps, rounds):
     from benchmarks.reference_sampler import reference_iou_balanced_negatives
     from libra_d2.sampling import sample_iou_balanced_negatives
 
@@ -399,6 +429,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=5, help="rounds; a ratio is the median of the rounds' ratios")
     ap.add_argument("--only", default="sampler,detector,bfp_memory,export,grouping")
     ap.add_argument("--output", default=os.path.join(ROOT, "output/bench/results.json"))
+    ap.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     results = {"machine": machine(device)}
@@ -412,6 +443,8 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump(results, f, indent=2)
+    if args.quiet:
+        return results
     m = results["machine"]
     print(f"\nmachine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, device {m['device']}" + (f" ({m['gpu']})" if "gpu" in m else ""))
     print(f"| {'figure':<34} | {'value':>9} | {'target':>8} | ok  |")

@@ -19,17 +19,18 @@ from tests.test_end_to_end import TINY, run_train_net  # noqa: E402
 DEV = "cuda"
 
 
-@pytest.fixture
-def sync_errors():
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        yield
-    finally:
+class sync_errors:
+    """Inside: any device-to-host synchronisation raises (inputs are made before)."""
+
+    def __enter__(self):
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+
+    def __exit__(self, *exc):
         torch.cuda.set_sync_debug_mode("default")
 
 
-def test_iou_balanced_negatives_on_cuda_are_sync_free_and_balanced(sync_errors):
+def test_iou_balanced_negatives_on_cuda_are_sync_free_and_balanced():
     from libra_d2.sampling import iou_balanced_negatives_select
 
     g = torch.Generator(device=DEV).manual_seed(0)
@@ -37,8 +38,8 @@ def test_iou_balanced_negatives_on_cuda_are_sync_free_and_balanced(sync_errors):
     max_iou = torch.rand(n, device=DEV, generator=g) * 0.5
     candidates = max_iou < 0.5
     num_t = torch.tensor(num, device=DEV)
-    idx, keep = iou_balanced_negatives_select(max_iou, candidates, num_t, num_bins=k, max_num=num, generator=g)
-    torch.cuda.set_sync_debug_mode("default")  # reading the result back is allowed
+    with sync_errors():
+        idx, keep = iou_balanced_negatives_select(max_iou, candidates, num_t, num_bins=k, max_num=num, generator=g)
     picked = idx[keep]
     assert picked.device.type == "cuda"
     assert picked.numel() == num and picked.unique().numel() == num
@@ -50,7 +51,7 @@ def test_iou_balanced_negatives_on_cuda_are_sync_free_and_balanced(sync_errors):
     assert all(c >= num // k for c in counts) and sum(counts) == num, counts
 
 
-def test_instance_balanced_positives_on_cuda_are_sync_free_and_balanced(sync_errors):
+def test_instance_balanced_positives_on_cuda_are_sync_free_and_balanced():
     from libra_d2.sampling import instance_balanced_positives_mask
 
     g = torch.Generator(device=DEV).manual_seed(1)
@@ -58,8 +59,9 @@ def test_instance_balanced_positives_on_cuda_are_sync_free_and_balanced(sync_err
     matched = torch.cat([torch.zeros(900), torch.full((30,), 1.0), torch.full((30,), 2.0), torch.full((30,), 3.0)])
     matched = matched.long().to(DEV)
     cand = torch.ones_like(matched, dtype=torch.bool)
-    mask = instance_balanced_positives_mask(matched, cand, torch.tensor(64, device=DEV), generator=g)
-    torch.cuda.set_sync_debug_mode("default")
+    num_t = torch.tensor(64, device=DEV)
+    with sync_errors():
+        mask = instance_balanced_positives_mask(matched, cand, num_t, generator=g)
     assert mask.device.type == "cuda" and int(mask.sum()) == 64
     per_gt = torch.bincount(matched[mask], minlength=4).tolist()
     # quota round(64/4) + 1 = 17 per gt; 68 picks trimmed to 64 at random
