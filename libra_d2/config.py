@@ -72,6 +72,10 @@ def add_libra_config(cfg):
     # (torch's, with SOLVER.WEIGHT_DECAY as its decoupled weight decay). Both use detectron2's
     # parameter groups (WEIGHT_DECAY_NORM, BIAS_LR_FACTOR, ...) and SOLVER.CLIP_GRADIENTS.
     _C.SOLVER.OPTIMIZER = "SGD"
+    # AdamW only: torch's fused kernel (one pass per parameter; on a 2-core CPU the step of the
+    # built-in model takes a third of the time). The same update up to float rounding, so a
+    # run with it follows another trajectory than one without, as a change of thread count does.
+    _C.SOLVER.FUSED_OPTIMIZER = False
 
     # Training stream addressed by position with per-sample seeds, so --resume continues
     # exactly (libra_d2.training.LibraTrainer). False: detectron2's own train loader.
@@ -185,6 +189,11 @@ def validate_libra_config(cfg):
     _check_number(cfg, "MODEL.BFP.REFINE_LEVEL", lo=0, integer=True)
     _check_choice(cfg, "MODEL.BFP.REFINE_TYPE", REFINE_TYPES)
     _check_choice(cfg, "SOLVER.OPTIMIZER", OPTIMIZERS)
+    fused = _get(cfg, "SOLVER.FUSED_OPTIMIZER")
+    if not isinstance(fused, bool):
+        _fail("SOLVER.FUSED_OPTIMIZER", fused, "True or False")
+    if fused and _get(cfg, "SOLVER.OPTIMIZER") != "AdamW":
+        _fail("SOLVER.FUSED_OPTIMIZER", fused, "False unless SOLVER.OPTIMIZER is 'AdamW' (the fused kernel is AdamW's)")
     for key in ("MODEL.LIBRA.P7_RELU", "MODEL.LIBRA.RETINANET_CLIP_BEFORE_NMS"):
         if not isinstance(_get(cfg, key), bool):
             _fail(key, _get(cfg, key), "True or False")

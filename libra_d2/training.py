@@ -244,8 +244,10 @@ class LibraTrainer(DefaultTrainer):
             bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
             weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
         )
+        # SOLVER.FUSED_OPTIMIZER: torch's fused AdamW kernel; without it, torch's default choice
+        extra = {"fused": True} if cfg.SOLVER.get("FUSED_OPTIMIZER", False) else {}
         return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
-            params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
+            params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, **extra
         )
 
     # ----------------------------------------------------------- checkpoints

@@ -82,3 +82,39 @@ def test_solver_optimizer_choice(libra_cfg):
     cfg.SOLVER.OPTIMIZER = "Adam"
     with pytest.raises(LibraConfigError, match="SOLVER.OPTIMIZER = 'Adam' is invalid: allowed one of 'SGD', 'AdamW'"):
         libra_d2.validate_libra_config(cfg)
+
+
+def test_fused_adamw_option_same_update_up_to_rounding(libra_cfg):
+    """SOLVER.FUSED_OPTIMIZER builds torch's fused AdamW (with detectron2's clipping); its
+    steps match the unfused optimizer's to float rounding; with SGD it is a config error."""
+    import copy
+
+    import torch
+
+    import libra_d2
+    from libra_d2.config import LibraConfigError
+    from libra_d2.training import LibraTrainer
+
+    cfg = libra_cfg("builtin/libra_rcnn_R_18_FPN_cpu.yaml")
+    assert cfg.SOLVER.FUSED_OPTIMIZER is False
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    start = copy.deepcopy(model)
+    twin = copy.deepcopy(model)
+    plain = LibraTrainer.build_optimizer(cfg, model)
+    assert not plain.defaults.get("fused")
+    cfg.SOLVER.FUSED_OPTIMIZER = True
+    libra_d2.validate_libra_config(cfg)
+    fused = LibraTrainer.build_optimizer(cfg, twin)
+    assert fused.defaults["fused"] is True
+    for step in range(3):
+        for opt, m in ((plain, model), (fused, twin)):
+            for i, p in enumerate(m.parameters()):
+                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(1000 * step + i)) * 0.1
+            opt.step()
+    for (n, p), q, p0 in zip(model.named_parameters(), twin.parameters(), start.parameters()):
+        assert not torch.equal(p, p0), n  # the steps moved every parameter
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-7, msg=n)
+    cfg.SOLVER.OPTIMIZER = "SGD"
+    with pytest.raises(LibraConfigError, match="SOLVER.FUSED_OPTIMIZER = True is invalid"):
+        libra_d2.validate_libra_config(cfg)
