@@ -437,9 +437,11 @@ def main(argv=None):
                "export": bench_export, "grouping": bench_grouping}
     for name in args.only.split(","):
         t = time.time()
-        print(f"[bench] {name} ...", flush=True)
+        if not args.quiet:
+            print(f"[bench] {name} ...", flush=True)
         results.update(benches[name](device, args.reps, args.rounds))
-        print(f"[bench] {name} done in {time.time() - t:.0f} s", flush=True)
+        if not args.quiet:
+            print(f"[bench] {name} done in {time.time() - t:.0f} s", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump(results, f, indent=2)

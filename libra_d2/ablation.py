@@ -188,16 +188,11 @@ def run_status(output_dir):
     return "new"
 
 
-def load_metrics(output_dir, task="bbox"):
+def load_metrics_by_task(output_dir):
+    """``{task: metrics}`` for every task a finished run evaluated (``bbox``, ``segm``, ...)."""
     with open(os.path.join(output_dir, "eval_results.json")) as f:
         res = json.load(f)
-    return {k: res[task][k] for k in METRICS if k in res.get(task, {})}
-
-
-def load_tasks(output_dir):
-    """The evaluated tasks of a finished run (``bbox``, ``segm``, ...)."""
-    with open(os.path.join(output_dir, "eval_results.json")) as f:
-        return sorted(k for k, v in json.load(f).items() if isinstance(v, dict))
+    return {t: {k: v[k] for k in METRICS if k in v} for t, v in sorted(res.items()) if isinstance(v, dict)}
 
 
 def build_report(runs, baseline, confidence=0.95):

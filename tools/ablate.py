@@ -37,8 +37,7 @@ sys.path.insert(0, ROOT)
 from libra_d2.ablation import (  # noqa: E402
     Variant,
     build_report,
-    load_metrics,
-    load_tasks,
+    load_metrics_by_task,
     preset_plan,
     report_markdown,
     run_status,
@@ -156,10 +155,10 @@ def run_one(args, v, seed, tag, only, env):
             print(f"{tag} FAILED ({run['error']})", flush=True)
         status = run_status(out)
     if status == "done":
-        run["metrics"] = load_metrics(out)
-        tasks = load_tasks(out)
-        if set(tasks) - {"bbox"}:
-            run["metrics_by_task"] = {t: load_metrics(out, t) for t in tasks}
+        by_task = load_metrics_by_task(out)
+        run["metrics"] = by_task.get("bbox", {})
+        if set(by_task) - {"bbox"}:
+            run["metrics_by_task"] = by_task
         print(f"{tag} AP {run['metrics'].get('AP', float('nan')):.2f}"
               + (f" ({run['seconds']:.0f} s)" if "seconds" in run else " (finished earlier)"), flush=True)
     elif "error" not in run:
