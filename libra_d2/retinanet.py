@@ -22,10 +22,13 @@ class LibraRetinaNet(RetinaNet):
     detectron2's.
 
     ``MODEL.LIBRA.RETINANET_CLIP_BEFORE_NMS`` (default False, detectron2's order): when True,
-    each level's decoded boxes are clipped to the (resized) image before class-wise NMS, as
-    the reference implementation does; detectron2 runs NMS on unclipped boxes and clips in
-    post-processing, which keeps a different set when boxes overlap only outside the image.
-    Converted reference checkpoints set it.
+    each level's decoded boxes are clipped to the (resized) image and boxes that clipping
+    leaves with zero width or height are dropped, both before class-wise NMS and the top-k,
+    as the reference implementation does (its ``min_bbox_size=0`` keeps w > 0 and h > 0).
+    detectron2 runs NMS on unclipped boxes, clips in post-processing and removes empty boxes
+    only after the top ``DETECTIONS_PER_IMAGE`` are taken, which keeps a different set when
+    boxes overlap only outside the image and returns fewer detections when some of the top
+    ones are empty. Converted reference checkpoints set it.
     """
 
     @configurable
@@ -47,11 +50,13 @@ class LibraRetinaNet(RetinaNet):
     def _decode_per_level_predictions(self, anchors, pred_scores, pred_deltas, score_thresh, topk_candidates,
                                       image_size):
         """detectron2's per-level decoding (threshold, top-k, box decoding); with
-        ``clip_before_nms`` the level's boxes are then clipped to ``image_size`` (H, W)."""
+        ``clip_before_nms`` the level's boxes are then clipped to ``image_size`` (H, W) and
+        the empty ones (width or height 0 after clipping) removed."""
         pred = super()._decode_per_level_predictions(anchors, pred_scores, pred_deltas, score_thresh,
                                                      topk_candidates, image_size)
         if self.clip_before_nms:
             pred.pred_boxes.clip(image_size)
+            pred = pred[pred.pred_boxes.nonempty(threshold=0.0)]
         return pred
 
     def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes):

@@ -34,10 +34,14 @@ class LibraRPN(RPN):
     """RPN with Libra R-CNN's options.
 
     * ``MODEL.LIBRA.RPN_NEG_POS_UB``: per image, at most UB negative anchors per sampled
-      positive (``max(1, #pos) * UB``); -1 keeps detectron2's sampling exactly.
+      positive (``max(1, #pos) * UB``); -1 keeps detectron2's sampling exactly. With the cap
+      on, both RPN losses are divided by the number of anchors actually sampled (positives +
+      negatives, summed over the batch), as the reference implementation does; with it off,
+      by detectron2's fixed ``BATCH_SIZE_PER_IMAGE * #images``. (Keeping the fixed
+      normaliser under the cap would shrink the RPN's gradient by up to 256/5 on images
+      with few positive anchors.)
     * ``MODEL.RPN.BBOX_REG_LOSS_TYPE: balanced_l1``: Balanced L1 on the anchor deltas with
-      ``MODEL.LIBRA.RPN_BALANCED_L1``, normalised like detectron2's RPN (by
-      BATCH_SIZE_PER_IMAGE * #images) and scaled by its loss weight.
+      ``MODEL.LIBRA.RPN_BALANCED_L1``, under the same normaliser, scaled by its loss weight.
     """
 
     @configurable
@@ -65,16 +69,27 @@ class LibraRPN(RPN):
             return super()._subsample_labels(label)
         return cap_negatives(label, self.batch_size_per_image, self.positive_fraction, self.neg_pos_ub)
 
+    def loss_normalizer(self, gt_labels):
+        """The divisor of both RPN losses for a batch of sampled anchor labels (list of
+        ``(num_anchors,)`` tensors, 1 / 0 / -1): detectron2's ``BATCH_SIZE_PER_IMAGE *
+        #images`` with the cap off; the number of sampled anchors (at least 1) with it on."""
+        if self.neg_pos_ub < 0:
+            return float(self.batch_size_per_image * len(gt_labels))
+        return float(max(1, sum(int((g >= 0).sum()) for g in gt_labels)))
+
     def losses(self, anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes):
         losses = super().losses(anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes)
+        fixed = float(self.batch_size_per_image * len(gt_labels))  # detectron2's divisor
+        normalizer = self.loss_normalizer(gt_labels)
+        if normalizer != fixed:
+            losses = {k: v * (fixed / normalizer) for k, v in losses.items()}
         if self.balanced_l1 is None:
             return losses
-        num_images = len(gt_labels)
         pos_mask = torch.stack(gt_labels) == 1
         anchors = type(anchors[0]).cat(anchors).tensor
         gt_deltas = torch.stack([self.box2box_transform.get_deltas(anchors, g) for g in gt_boxes])
         pred = torch.cat(pred_anchor_deltas, dim=1)
         loc = balanced_l1_loss(pred[pos_mask], gt_deltas[pos_mask], reduction="sum", **self.balanced_l1)
         weight = getattr(self, "loss_weight", {}).get("loss_rpn_loc", 1.0)
-        losses["loss_rpn_loc"] = loc / (self.batch_size_per_image * num_images) * weight
+        losses["loss_rpn_loc"] = loc / normalizer * weight
         return losses

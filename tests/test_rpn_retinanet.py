@@ -98,5 +98,95 @@ def test_rpn_balanced_l1_equals_hand_computation(libra_cfg):
     with EventStorage():
         losses = rpn.losses(anchors, logits, gt_labels, pred, gt_boxes)
     total = hand_loss(gt_boxes, beta=1.0)
-    assert math.isclose(float(losses["loss_rpn_loc"]), total / (rpn.batch_size_per_image * 1), rel_tol=1e-5)
-    assert math.isclose(float(losses["loss_rpn_cls"]), 3 * math.log(2) / rpn.batch_size_per_image, rel_tol=1e-5)
+    # the Libra config caps negatives, so the divisor is the 3 anchors sampled, not 256
+    assert rpn.neg_pos_ub == 5.0
+    assert math.isclose(float(losses["loss_rpn_loc"]), total / 3, rel_tol=1e-5)
+    assert math.isclose(float(losses["loss_rpn_cls"]), 3 * math.log(2) / 3, rel_tol=1e-5)
+
+
+def _rpn_losses_on_capped_batch(rpn, seed):
+    """Two images, 2000 anchors each, few positives: label with the model's own matcher-free
+    sampler (the cap binds), then compute the losses with fixed predictions."""
+    g = torch.Generator().manual_seed(seed)
+    n = 2000
+    xy = torch.rand(n, 2, generator=g) * 200
+    wh = 8 + torch.rand(n, 2, generator=g) * 40
+    anchors = [Boxes(torch.cat([xy, xy + wh], dim=1))]
+    labels, gts = [], []
+    for num_pos in (3, 11):
+        label = torch.zeros(n, dtype=torch.long)
+        label[torch.randperm(n, generator=g)[:num_pos]] = 1
+        label[torch.randperm(n, generator=g)[:300]] = -1  # ignored anchors stay ignored
+        labels.append(rpn._subsample_labels(label))
+        gts.append(anchors[0].tensor + torch.randn(n, 4, generator=g))
+    logits = [torch.randn(2, n, generator=g)]
+    deltas = [torch.randn(2, n, 4, generator=g) * 0.1]
+    with EventStorage():
+        return rpn.losses(anchors, logits, labels, deltas, gts), labels, logits
+
+
+def test_rpn_loss_normaliser_is_the_sampled_count_under_the_cap(libra_cfg):
+    model = build_model(libra_cfg("builtin/libra_rcnn_R_18_FPN_cpu.yaml"))
+    rpn = model.proposal_generator
+    torch.manual_seed(0)
+    losses, labels, logits = _rpn_losses_on_capped_batch(rpn, seed=3)
+    sampled = [int((lab >= 0).sum()) for lab in labels]
+    pos = [int((lab == 1).sum()) for lab in labels]
+    # the cap binds: positives + 5 negatives each, far below 256 per image
+    assert sampled == [p + 5 * p for p in pos] and sum(sampled) < 2 * rpn.batch_size_per_image
+    # classification loss recomputed here, divided by the count made here
+    lab = torch.stack(labels)
+    valid = lab >= 0
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits[0][valid], lab[valid].float(), reduction="sum")
+    assert math.isclose(float(losses["loss_rpn_cls"]), float(bce) / sum(sampled), rel_tol=1e-5)
+    assert rpn.loss_normalizer(labels) == float(sum(sampled))
+
+    # cap off: detectron2's fixed BATCH_SIZE_PER_IMAGE * #images, unchanged
+    rpn.neg_pos_ub = -1.0
+    torch.manual_seed(0)
+    losses_off, labels_off, logits_off = _rpn_losses_on_capped_batch(rpn, seed=3)
+    lab = torch.stack(labels_off)
+    valid = lab >= 0
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits_off[0][valid], lab[valid].float(), reduction="sum")
+    assert math.isclose(float(losses_off["loss_rpn_cls"]), float(bce) / (2 * rpn.batch_size_per_image), rel_tol=1e-5)
+    # every positive is sampled either way, so the box loss's sum is the same; only its divisor moves
+    assert torch.equal(torch.stack(labels) == 1, torch.stack(labels_off) == 1)
+    assert math.isclose(float(losses["loss_rpn_loc"]) * sum(sampled),
+                        float(losses_off["loss_rpn_loc"]) * 2 * rpn.batch_size_per_image, rel_tol=1e-5)
+
+
+def _retinanet_outside_case(k):
+    """One level, 150 anchors on an 80x400 image: 10 highest-scoring anchors lie wholly right
+    of the image (empty once clipped), 140 disjoint ones inside with lower scores."""
+    inside = [[4.0 * i % 380, 10.0 * (i // 95), 4.0 * i % 380 + 3, 10.0 * (i // 95) + 8] for i in range(140)]
+    outside = [[420.0 + 5 * i, 10.0, 424.0 + 5 * i, 20.0] for i in range(10)]
+    anchors = [Boxes(torch.tensor(outside + inside))]
+    # scores that pass the 0.05 threshold whether or not the caller applied the sigmoid
+    logits = torch.full((150, k), -9.0)
+    logits[:10, 0] = 0.95  # the outside boxes rank first
+    logits[10:, 0] = torch.linspace(0.9, 0.1, 140)
+    return anchors, [logits], [torch.zeros(150, 4)], (80, 400)
+
+
+def test_retinanet_clip_before_nms_drops_empty_boxes_before_the_top_k(libra_cfg):
+    cfg = libra_cfg("builtin/libra_retinanet_R_18_FPN_cpu.yaml", "MODEL.LIBRA.RETINANET_CLIP_BEFORE_NMS", True,
+                    "TEST.DETECTIONS_PER_IMAGE", 100)
+    model = build_model(cfg).eval()
+    anchors, logits, deltas, size = _retinanet_outside_case(model.num_classes)
+    with torch.no_grad():
+        out = model.inference_single_image(anchors, [x.clone() for x in logits], deltas, size)
+    boxes = out.pred_boxes.tensor
+    assert len(out) == 100  # the top 100 non-empty boxes, as the reference returns
+    assert bool(((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all())
+    # they are exactly the 100 best-scoring inside anchors (disjoint, so NMS keeps them all)
+    expected = anchors[0].tensor[10:110]
+    assert torch.equal(boxes[boxes[:, 1].argsort(stable=True)].sort(0).values, expected.sort(0).values)
+
+    # detectron2's order (the option off): the 10 outside boxes take 10 of the 100 places
+    model.clip_before_nms = False
+    with torch.no_grad():
+        out = model.inference_single_image(anchors, [x.clone() for x in logits], deltas, size)
+    out.pred_boxes.clip(size)
+    assert int(out.pred_boxes.nonempty().sum()) == 90
