@@ -4,6 +4,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from detectron2.modeling import build_model
@@ -77,7 +78,10 @@ def test_convert_reference_checkpoint(libra_cfg, tmp_path, arch, config):
     for p in src_model.parameters():  # make every tensor distinguishable
         torch.nn.init.normal_(p, std=0.02)
     sd = reference_state_dict(src_model, arch)
-    torch.save({"state_dict": sd, "meta": {"CLASSES": ["c"] * 80}}, tmp_path / "ref.pth")
+    # metadata as the reference's checkpoints carry it (strings, tuples, numbers, numpy data)
+    meta = {"CLASSES": tuple(["c"] * 80), "mmdet_version": "3.3.0", "epoch": 12,
+            "seed": np.int64(7), "hist": np.arange(3.0)}
+    torch.save({"state_dict": sd, "meta": meta}, tmp_path / "ref.pth")
     converted, missing, unexpected = convert(["--input", str(tmp_path / "ref.pth"), "--output", str(tmp_path / "out.pth")])
     assert unexpected == [] and missing == []
     assert len(converted) + sum(k.endswith("num_batches_tracked") for k in sd) == len(sd)  # every key consumed
@@ -125,6 +129,36 @@ def test_demo_and_plot_on_builtin(shapes_root, tmp_path, libra_cfg):
     assert os.path.getsize(tmp_path / "plot.png") > 5000
     for row in ("all", "uniform", "iou_balanced"):
         assert abs(sum(table[row]["shares"]) - 1.0) < 1e-6 or table[row]["count"] == 0
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: what a crafted checkpoint could do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_converter_refuses_a_checkpoint_that_would_run_code(tmp_path, capsys):
+    from tools.convert_mmdet_checkpoint import main as convert
+
+    marker = tmp_path / "code_ran"
+    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(1)}, "meta": _RunsCode(marker)},
+               tmp_path / "evil.pth")
+    with pytest.raises(SystemExit) as e:
+        convert(["--input", str(tmp_path / "evil.pth"), "--output", str(tmp_path / "out.pth")])
+    msg = str(e.value)
+    assert "posix.system" in msg or "os.system" in msg, msg  # names what it carried
+    assert "--trust-checkpoint" in msg
+    assert not marker.exists() and not (tmp_path / "out.pth").exists()
+
+    # the explicit opt-in unpickles everything (here: runs the command), as documented
+    from libra_d2.utils.safe_load import load_checkpoint
+
+    load_checkpoint(str(tmp_path / "evil.pth"), trust=True)
+    assert marker.exists()
 
 
 def test_converted_retinanet_follows_the_reference_neck_and_nms_order(libra_cfg, tmp_path):
@@ -188,9 +222,10 @@ def test_converted_retinanet_follows_the_reference_neck_and_nms_order(libra_cfg,
             b = model.box2box_transform.apply_deltas(dl[a], anc.tensor[a])
             b[:, 0::2] = b[:, 0::2].clamp(0, w)
             b[:, 1::2] = b[:, 1::2].clamp(0, h)
-            boxes_all.append(b)
-            scores_all.append(top.values)
-            classes_all.append(c)
+            valid = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])  # the reference's min_bbox_size=0
+            boxes_all.append(b[valid])
+            scores_all.append(top.values[valid])
+            classes_all.append(c[valid])
         boxes, scores, classes = torch.cat(boxes_all), torch.cat(scores_all), torch.cat(classes_all)
         keep = batched_nms(boxes, scores, classes, cfg.MODEL.RETINANET.NMS_THRESH_TEST)[:100]
         got = model([{"image": image, "height": h, "width": w}])[0]["instances"]

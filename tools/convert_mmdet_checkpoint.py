@@ -29,6 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from libra_d2.utils.convert import resnet_key_to_d2  # noqa: E402
+from libra_d2.utils.safe_load import UntrustedCheckpointError, load_checkpoint  # noqa: E402
 
 REF_PIXEL_MEAN = [123.675, 116.28, 103.53]
 REF_PIXEL_STD = [58.395, 57.12, 57.375]
@@ -159,9 +160,15 @@ def main(argv=None):
     ap.add_argument("--input", required=True, help="mmdetection .pth checkpoint")
     ap.add_argument("--output", required=True, help="detectron2 .pth to write (config: same name, .yaml)")
     ap.add_argument("--allow-unused", action="store_true", help="do not fail on source keys without a counterpart")
+    ap.add_argument("--trust-checkpoint", action="store_true",
+                    help="unpickle everything in --input (can run code from the file); by default only "
+                    "tensors, plain containers, numbers, strings and numpy data are loaded")
     args = ap.parse_args(argv)
 
-    ckpt = torch.load(args.input, map_location="cpu", weights_only=False)
+    try:
+        ckpt = load_checkpoint(args.input, trust=args.trust_checkpoint)
+    except UntrustedCheckpointError as e:
+        raise SystemExit(f"convert_mmdet_checkpoint: {e}")
     sd = ckpt.get("state_dict", ckpt)
     arch, converted, unused = convert(sd)
     droppable = [k for k in unused if k.endswith("num_batches_tracked")]
