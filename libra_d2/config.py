@@ -1,6 +1,7 @@
 """Config keys added by libra-d2, with defaults, and their validation.
 
-Every key lives under ``MODEL.LIBRA`` or ``MODEL.BFP``; "balanced_l1" becomes a valid value
+The model keys live under ``MODEL.LIBRA`` and ``MODEL.BFP``; ``SOLVER.OPTIMIZER``,
+``SOLVER.FUSED_OPTIMIZER`` and ``DATALOADER.EXACT_RESUME`` are read by ``LibraTrainer``. "balanced_l1" becomes a valid value
 of ``MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE``, ``MODEL.RPN.BBOX_REG_LOSS_TYPE`` and
 ``MODEL.RETINANET.BBOX_REG_LOSS_TYPE`` for the libra-d2 components.
 """
@@ -67,6 +68,13 @@ def add_libra_config(cfg):
     # LibraRetinaNet: clip each level's decoded boxes to the image before class-wise NMS (the
     # reference's order). False: detectron2's order (NMS, then clip in post-processing).
     _C.MODEL.LIBRA.RETINANET_CLIP_BEFORE_NMS = False
+    # Anchor matching of LibraRPN and LibraRetinaNet. False: detectron2's Matcher. True: the
+    # reference's low-quality rule (libra_d2.matcher.ReferenceMatcher): an anchor that is a
+    # box's best match becomes positive only at IoU >= the MIN_POS_IOU below, and goes to the
+    # last such box. The reference's values: 0.3 for the RPN, 0.0 for RetinaNet.
+    _C.MODEL.LIBRA.REFERENCE_MATCHER = False
+    _C.MODEL.LIBRA.RPN_MIN_POS_IOU = 0.3
+    _C.MODEL.LIBRA.RETINANET_MIN_POS_IOU = 0.0
 
     # Optimizer built by LibraTrainer: "SGD" (detectron2's: MOMENTUM, NESTEROV) or "AdamW"
     # (torch's, with SOLVER.WEIGHT_DECAY as its decoupled weight decay). Both use detectron2's
@@ -194,7 +202,9 @@ def validate_libra_config(cfg):
         _fail("SOLVER.FUSED_OPTIMIZER", fused, "True or False")
     if fused and _get(cfg, "SOLVER.OPTIMIZER") != "AdamW":
         _fail("SOLVER.FUSED_OPTIMIZER", fused, "False unless SOLVER.OPTIMIZER is 'AdamW' (the fused kernel is AdamW's)")
-    for key in ("MODEL.LIBRA.P7_RELU", "MODEL.LIBRA.RETINANET_CLIP_BEFORE_NMS"):
+    for key in ("MODEL.LIBRA.RPN_MIN_POS_IOU", "MODEL.LIBRA.RETINANET_MIN_POS_IOU"):
+        _check_number(cfg, key, lo=0.0, hi=1.0)
+    for key in ("MODEL.LIBRA.P7_RELU", "MODEL.LIBRA.RETINANET_CLIP_BEFORE_NMS", "MODEL.LIBRA.REFERENCE_MATCHER"):
         if not isinstance(_get(cfg, key), bool):
             _fail(key, _get(cfg, key), "True or False")
     _check_balanced_l1_owners(cfg)

@@ -6,6 +6,7 @@ from detectron2.modeling.meta_arch.retinanet import RetinaNet
 
 from .config import split_balanced_l1, validate_balanced_l1_args, validate_libra_config
 from .losses import balanced_l1_loss
+from .matcher import ReferenceMatcher
 
 __all__ = ["LibraRetinaNet"]
 
@@ -45,6 +46,10 @@ class LibraRetinaNet(RetinaNet):
         ret = super().from_config(parent_cfg)
         ret["balanced_l1"] = params
         ret["clip_before_nms"] = cfg.MODEL.LIBRA.RETINANET_CLIP_BEFORE_NMS
+        if cfg.MODEL.LIBRA.REFERENCE_MATCHER:
+            ret["anchor_matcher"] = ReferenceMatcher(
+                cfg.MODEL.RETINANET.IOU_THRESHOLDS, cfg.MODEL.RETINANET.IOU_LABELS,
+                min_low_quality_iou=cfg.MODEL.LIBRA.RETINANET_MIN_POS_IOU)
         return ret
 
     def _decode_per_level_predictions(self, anchors, pred_scores, pred_deltas, score_thresh, topk_candidates,

@@ -6,6 +6,7 @@ from detectron2.modeling.proposal_generator.rpn import RPN
 
 from .config import LibraConfigError, check_number, split_balanced_l1, validate_balanced_l1_args, validate_libra_config
 from .losses import balanced_l1_loss
+from .matcher import ReferenceMatcher
 from .sampling import random_subset_mask
 
 __all__ = ["LibraRPN", "cap_negatives"]
@@ -40,6 +41,8 @@ class LibraRPN(RPN):
       by detectron2's fixed ``BATCH_SIZE_PER_IMAGE * #images``. (Keeping the fixed
       normaliser under the cap would shrink the RPN's gradient by up to 256/5 on images
       with few positive anchors.)
+    * ``MODEL.LIBRA.REFERENCE_MATCHER``: the reference's low-quality matching rule
+      (:class:`~libra_d2.matcher.ReferenceMatcher`, minimum IoU ``MODEL.LIBRA.RPN_MIN_POS_IOU``).
     * ``MODEL.RPN.BBOX_REG_LOSS_TYPE: balanced_l1``: Balanced L1 on the anchor deltas with
       ``MODEL.LIBRA.RPN_BALANCED_L1``, under the same normaliser, scaled by its loss weight.
     """
@@ -61,6 +64,9 @@ class LibraRPN(RPN):
         parent_cfg, params = split_balanced_l1(cfg, "RPN", "RPN_BALANCED_L1")
         ret = super().from_config(parent_cfg, input_shape)
         ret["neg_pos_ub"] = cfg.MODEL.LIBRA.RPN_NEG_POS_UB
+        if cfg.MODEL.LIBRA.REFERENCE_MATCHER:
+            ret["anchor_matcher"] = ReferenceMatcher(cfg.MODEL.RPN.IOU_THRESHOLDS, cfg.MODEL.RPN.IOU_LABELS,
+                                                     min_low_quality_iou=cfg.MODEL.LIBRA.RPN_MIN_POS_IOU)
         ret["balanced_l1"] = params
         return ret
 

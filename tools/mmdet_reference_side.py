@@ -1,0 +1,157 @@
+"""The reference side of tools/compare_with_mmdet.py: runs inside an mmdetection (3.x)
+environment, never in libra-d2's. It imports only torch, numpy, mmengine and mmdet.
+
+    MMDET_PYTHON tools/mmdet_reference_side.py run --config CFG --checkpoint CKPT --io DIR
+    MMDET_PYTHON tools/mmdet_reference_side.py init-random --config CFG --out CKPT [--seed N]
+
+``run`` reads DIR/request.json (written by compare_with_mmdet.py) and DIR/image_bgr.npy,
+DIR/priority.npy, and writes DIR/reference.npz and DIR/reference.json: the neck outputs,
+the detections, and (when requested) the training-loss terms under the given sampler
+settings, with the samplers' random draws replaced by a shared priority order.
+
+``init-random`` builds the model from the reference config with its own random
+initialisation (no pretrained download), spreads the classifier's logits so that a
+random-weight model produces non-trivial detections, and saves it with mmengine's
+``save_checkpoint`` (the reference's own checkpoint format).
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+
+def choose_by_priority(gallery: torch.Tensor, num: int, priority: torch.Tensor) -> torch.Tensor:
+    """The ``num`` entries of ``gallery`` (indices) with the smallest ``priority[index]``:
+    the shared, deterministic replacement of a uniform random draw. Both sides use it."""
+    gallery = gallery.flatten()
+    order = torch.argsort(priority[gallery.long().cpu()], stable=True)
+    return gallery[order[:num].to(gallery.device)]
+
+
+def _build(config, checkpoint=None, overrides=None):
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
+    register_all_modules()
+    cfg = Config.fromfile(config)
+    cfg.model.backbone.init_cfg = None  # no pretrained download; the checkpoint sets everything
+    for path, value in (overrides or {}).items():
+        node = cfg.model
+        keys = path.split(".")
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = value
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    if checkpoint:
+        from mmengine.runner import load_checkpoint
+
+        load_checkpoint(model, checkpoint, map_location="cpu", strict=True)
+    return model
+
+
+def _sample(image_bgr, gt=None):
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+
+    h, w = image_bgr.shape[:2]
+    ds = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0),
+                                     pad_shape=(h, w), batch_input_shape=(h, w), img_id=0))
+    if gt is not None:
+        ds.gt_instances = InstanceData(bboxes=torch.tensor(gt["boxes"], dtype=torch.float32).reshape(-1, 4),
+                                       labels=torch.tensor(gt["classes"], dtype=torch.long))
+    inputs = torch.from_numpy(np.ascontiguousarray(image_bgr.transpose(2, 0, 1)))
+    return {"inputs": [inputs], "data_samples": [ds]}
+
+
+def _patch_random_draws(priority):
+    """Every RandomSampler draw (the RPN's, and the ROI stage's fallbacks) picks by priority."""
+    from mmdet.models.task_modules.samplers import RandomSampler
+
+    def random_choice(self, gallery, num):
+        if isinstance(gallery, torch.Tensor):
+            return choose_by_priority(gallery, num, priority)
+        return choose_by_priority(torch.as_tensor(np.asarray(gallery)), num, priority).numpy()
+
+    RandomSampler.random_choice = random_choice
+
+
+def run(args):
+    req = json.load(open(os.path.join(args.io, "request.json")))
+    image = np.load(os.path.join(args.io, "image_bgr.npy"))
+    priority = torch.from_numpy(np.load(os.path.join(args.io, "priority.npy")))
+    out_arrays, out = {}, {"mmdet_version": None, "losses": {}}
+    import mmdet
+
+    out["mmdet_version"] = mmdet.__version__
+    torch.manual_seed(0)
+    model = _build(args.config, args.checkpoint).eval()
+    with torch.no_grad():
+        data = model.data_preprocessor(_sample(image), training=False)
+        feats = model.extract_feat(data["inputs"])
+        for i, f in enumerate(feats):
+            out_arrays[f"neck{i}"] = f[0].numpy()
+        pred = model.predict(data["inputs"], data["data_samples"], rescale=True)[0].pred_instances
+    out_arrays["det_boxes"] = pred.bboxes.numpy()
+    out_arrays["det_scores"] = pred.scores.numpy()
+    out_arrays["det_classes"] = pred.labels.numpy()
+
+    if req.get("train_losses"):
+        _patch_random_draws(priority)
+        for setting in req["settings"]:
+            torch.manual_seed(0)
+            model = _build(args.config, args.checkpoint, setting["mmdet_overrides"]).train()
+            data = model.data_preprocessor(_sample(image, req["gt"]), training=True)
+            losses = model.loss(data["inputs"], data["data_samples"])
+            terms = {}
+            for k, v in losses.items():
+                v = sum(v) if isinstance(v, (list, tuple)) else v
+                terms[k] = float(v.detach().float().sum())
+            out["losses"][setting["name"]] = terms
+    np.savez(os.path.join(args.io, "reference.npz"), **out_arrays)
+    json.dump(out, open(os.path.join(args.io, "reference.json"), "w"), indent=1)
+
+
+def init_random(args):
+    from mmengine.runner import save_checkpoint
+
+    torch.manual_seed(args.seed)
+    model = _build(args.config)
+    g = torch.Generator().manual_seed(args.seed)
+    with torch.no_grad():
+        # a freshly initialised classifier scores every class near 1/K (or near the focal
+        # prior): spread its logits so that scores pass the test threshold and differ
+        for name, p in model.named_parameters():
+            if name.endswith(("fc_cls.weight", "retina_cls.weight")):
+                p.copy_(torch.randn(p.shape, generator=g) * args.cls_std)
+            elif name.endswith(("fc_cls.bias", "retina_cls.bias")):
+                p.zero_()
+    meta = {"mmdet_version": __import__("mmdet").__version__, "note": "random weights for a parity check",
+            "seed": args.seed, "config": os.path.basename(args.config)}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    save_checkpoint({"meta": meta, "state_dict": model.state_dict()}, args.out)
+    print(f"wrote {args.out}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--config", required=True)
+    r.add_argument("--checkpoint", required=True)
+    r.add_argument("--io", required=True)
+    i = sub.add_parser("init-random")
+    i.add_argument("--config", required=True)
+    i.add_argument("--out", required=True)
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--cls-std", type=float, default=0.05)
+    args = ap.parse_args(argv)
+    return run(args) if args.cmd == "run" else init_random(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
