@@ -309,7 +309,7 @@ def main(argv=None):
     try:
         arch, cfg, converted, build_model = _load_converted(args.checkpoint, args.trust_checkpoint)
     except UntrustedCheckpointError as e:
-        raise SystemExit(f"compare_with_mmdet: {e}")
+        raise SystemExit(f"compare_with_mmdet: {e}") from None
     if args.train_losses and arch != "rcnn":
         raise SystemExit("compare_with_mmdet: --train-losses compares the two-stage (Libra Faster R-CNN) losses only")
     if args.train_losses and not gt:

@@ -168,7 +168,7 @@ def main(argv=None):
     try:
         ckpt = load_checkpoint(args.input, trust=args.trust_checkpoint)
     except UntrustedCheckpointError as e:
-        raise SystemExit(f"convert_mmdet_checkpoint: {e}")
+        raise SystemExit(f"convert_mmdet_checkpoint: {e}") from None
     sd = ckpt.get("state_dict", ckpt)
     arch, converted, unused = convert(sd)
     droppable = [k for k in unused if k.endswith("num_batches_tracked")]
