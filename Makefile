@@ -9,8 +9,10 @@ PY := $(VENV)/bin/python
 DEMO_CONFIG ?= configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml
 DEMO_OUT ?= output/demo
 # the demo trains with torch's fused AdamW kernel (same update up to float rounding; a third
-# of the optimizer's time on a 2-core CPU); DEMO_ARGS= trains exactly as the config says
-DEMO_ARGS ?= SOLVER.FUSED_OPTIMIZER True
+# of the optimizer's time on a 2-core CPU); DEMO_OPTS= trains exactly as the config says.
+# DEMO_ARGS: flags of tools/run_demo.py, e.g. DEMO_ARGS=--fresh to retrain from scratch.
+DEMO_OPTS ?= SOLVER.FUSED_OPTIMIZER True
+DEMO_ARGS ?=
 export TORCH_SPEC PYTHON VENV DETECTRON2_SRC
 
 # The built-in ablation: every preset variant (Faster R-CNN, Libra R-CNN, each Libra component
@@ -30,7 +32,7 @@ setup:
 	@bash tools/setup_env.sh
 
 demo: setup
-	$(PY) tools/run_demo.py --config-file $(DEMO_CONFIG) --output-dir $(DEMO_OUT) $(DEMO_ARGS)
+	$(PY) tools/run_demo.py --config-file $(DEMO_CONFIG) --output-dir $(DEMO_OUT) $(DEMO_ARGS) $(DEMO_OPTS)
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)

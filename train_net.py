@@ -15,9 +15,7 @@ Multi-GPU / multi-machine runs use detectron2's ``launch`` (``--num-gpus``,
 ``--num-machines``, ``--machine-rank``, ``--dist-url``). The evaluation results dict is
 also written to ``OUTPUT_DIR/eval_results.json``.
 """
-import json
 import logging
-import os
 import sys
 
 import detectron2.utils.comm as comm
@@ -29,6 +27,7 @@ from detectron2.evaluation import verify_results
 import libra_d2
 from libra_d2.config import LibraConfigError
 from libra_d2.data.checks import DatasetError
+from libra_d2.engine import write_results
 from libra_d2.training import LibraTrainer
 
 logger = logging.getLogger("libra_d2")
@@ -50,14 +49,6 @@ def setup(args):
     return cfg
 
 
-def write_results(cfg, results):
-    if comm.is_main_process() and results:
-        path = os.path.join(cfg.OUTPUT_DIR, "eval_results.json")
-        with open(path, "w") as f:
-            json.dump(results, f, indent=2)
-        logger.info("Evaluation results written to %s", path)
-
-
 def is_lazy(path):
     return path.endswith(".py")
 
@@ -74,7 +65,7 @@ def main(args):
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
-        write_results(cfg, res)
+        write_results(cfg.OUTPUT_DIR, res)
         return res
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
@@ -82,7 +73,7 @@ def main(args):
     # DefaultTrainer.train() returns the final evaluation only when TEST.EXPECTED_RESULTS is
     # set; the EvalHook keeps it on the trainer either way.
     res = res or getattr(trainer, "_last_eval_results", None)
-    write_results(cfg, res)
+    write_results(cfg.OUTPUT_DIR, res)
     return res
 
 

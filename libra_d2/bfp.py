@@ -8,14 +8,14 @@ from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from torch import nn
 
-from .config import LibraConfigError, validate_libra_config
+from .config import REFINE_TYPES, LibraConfigError, validate_libra_config
+from .engine.trainer_keys import guard_trainer_only_settings, trainer_only_settings
 
 __all__ = [
     "BFP", "NonLocal2d", "ConvRefine", "BFPFPN", "LastLevelP6P7NoReLU", "build_resnet_bfp_backbone",
     "build_retinanet_resnet_bfp_backbone",
 ]
 
-REFINE_TYPES = ("non_local", "conv", "none")
 
 
 def _has_sdpa_scale() -> bool:
@@ -241,7 +241,7 @@ def build_resnet_bfp_backbone(cfg, input_shape):
     """ResNet + FPN (p2..p6 with a max-pooled p6) + BFP. Refine level: MODEL.BFP.REFINE_LEVEL."""
     bottom_up = build_resnet_backbone(cfg, input_shape)
     names = [f"p{int(f[-1])}" for f in cfg.MODEL.FPN.IN_FEATURES] + ["(max-pool level)"]
-    return BFPFPN(
+    backbone = BFPFPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
@@ -250,6 +250,7 @@ def build_resnet_bfp_backbone(cfg, input_shape):
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
         **_bfp_args(cfg, _num_levels(cfg, 1), names),
     )
+    return guard_trainer_only_settings(backbone, trainer_only_settings(cfg))
 
 
 @BACKBONE_REGISTRY.register()
@@ -260,7 +261,7 @@ def build_retinanet_resnet_bfp_backbone(cfg, input_shape):
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
     top = LastLevelP6P7 if cfg.MODEL.LIBRA.P7_RELU else LastLevelP6P7NoReLU
     names = [f"p{int(f[-1])}" for f in cfg.MODEL.FPN.IN_FEATURES] + ["(P6)", "(P7)"]
-    return BFPFPN(
+    backbone = BFPFPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=out_channels,
@@ -269,3 +270,4 @@ def build_retinanet_resnet_bfp_backbone(cfg, input_shape):
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
         **_bfp_args(cfg, _num_levels(cfg, 2), names),
     )
+    return guard_trainer_only_settings(backbone, trainer_only_settings(cfg))

@@ -9,7 +9,7 @@ from detectron2.config import CfgNode as CN
 
 __all__ = [
     "add_libra_config", "validate_libra_config", "split_balanced_l1", "LibraConfigError", "check_choice", "check_number",
-    "validate_sampler_args", "validate_balanced_l1_args",
+    "validate_sampler_args", "validate_balanced_l1_args", "check_neg_pos_ub", "REFINE_TYPES",
 ]
 
 POS_SAMPLERS = ("instance_balanced", "random")
@@ -121,6 +121,13 @@ def check_number(key, value, lo=None, hi=None, lo_open=False, integer=False):
         _fail(key, value, f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]")
 
 
+def check_neg_pos_ub(key, value):
+    """The RPN negative cap: -1 (off) or a number >= 0."""
+    check_number(key, value, lo=-1.0)
+    if value != -1 and value < 0:
+        _fail(key, value, "-1 (off) or a value >= 0")
+
+
 def _check_choice(cfg, key, choices):
     check_choice(key, _get(cfg, key), choices)
 
@@ -190,10 +197,7 @@ def validate_libra_config(cfg):
     for node in ("BALANCED_L1", "RPN_BALANCED_L1", "RETINANET_BALANCED_L1"):
         for p in ("ALPHA", "GAMMA", "BETA"):
             _check_number(cfg, f"MODEL.LIBRA.{node}.{p}", lo=0.0, lo_open=True)
-    ub = _get(cfg, "MODEL.LIBRA.RPN_NEG_POS_UB")
-    _check_number(cfg, "MODEL.LIBRA.RPN_NEG_POS_UB", lo=-1.0)
-    if ub != -1 and ub < 0:
-        _fail("MODEL.LIBRA.RPN_NEG_POS_UB", ub, "-1 (off) or a value >= 0")
+    check_neg_pos_ub("MODEL.LIBRA.RPN_NEG_POS_UB", _get(cfg, "MODEL.LIBRA.RPN_NEG_POS_UB"))
     _check_number(cfg, "MODEL.BFP.REFINE_LEVEL", lo=0, integer=True)
     _check_choice(cfg, "MODEL.BFP.REFINE_TYPE", REFINE_TYPES)
     _check_choice(cfg, "SOLVER.OPTIMIZER", OPTIMIZERS)

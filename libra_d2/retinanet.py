@@ -5,6 +5,7 @@ from detectron2.modeling.meta_arch import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 
 from .config import split_balanced_l1, validate_balanced_l1_args, validate_libra_config
+from .engine.trainer_keys import guard_trainer_only_settings, trainer_only_settings
 from .losses import balanced_l1_loss
 from .matcher import ReferenceMatcher
 
@@ -33,11 +34,12 @@ class LibraRetinaNet(RetinaNet):
     """
 
     @configurable
-    def __init__(self, *args, balanced_l1=None, clip_before_nms=False, **kwargs):
+    def __init__(self, *args, balanced_l1=None, clip_before_nms=False, trainer_only_settings=(), **kwargs):
         validate_balanced_l1_args("LibraRetinaNet", "balanced_l1", balanced_l1, "RETINANET_BALANCED_L1")
         super().__init__(*args, **kwargs)
         self.balanced_l1 = balanced_l1
         self.clip_before_nms = bool(clip_before_nms)
+        guard_trainer_only_settings(self, list(trainer_only_settings))
 
     @classmethod
     def from_config(cls, cfg):
@@ -45,6 +47,7 @@ class LibraRetinaNet(RetinaNet):
         parent_cfg, params = split_balanced_l1(cfg, "RETINANET", "RETINANET_BALANCED_L1")
         ret = super().from_config(parent_cfg)
         ret["balanced_l1"] = params
+        ret["trainer_only_settings"] = trainer_only_settings(cfg)
         ret["clip_before_nms"] = cfg.MODEL.LIBRA.RETINANET_CLIP_BEFORE_NMS
         if cfg.MODEL.LIBRA.REFERENCE_MATCHER:
             ret["anchor_matcher"] = ReferenceMatcher(

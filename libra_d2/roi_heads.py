@@ -1,4 +1,4 @@
-"""LibraROIHeads: StandardROIHeads with IoU-balanced / instance-balanced sampling."""
+"""LibraSamplingMixin (balanced proposal sampling for any detectron2 ROI heads) and LibraROIHeads."""
 from typing import List
 
 import torch
@@ -10,6 +10,7 @@ from detectron2.structures import Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 
 from .config import validate_libra_config, validate_sampler_args
+from .engine.trainer_keys import guard_trainer_only_settings, trainer_only_settings
 from .fast_rcnn import LibraFastRCNNOutputLayers
 from .sampling import (
     instance_balanced_positives_mask,
@@ -19,33 +20,34 @@ from .sampling import (
     sample_iou_balanced_negatives,
 )
 
-__all__ = ["LibraROIHeads"]
+__all__ = ["LibraROIHeads", "LibraSamplingMixin"]
 
 
-@ROI_HEADS_REGISTRY.register()
-class LibraROIHeads(StandardROIHeads):
-    """StandardROIHeads whose training sample of proposals is balanced (Libra R-CNN, 2.1).
+class LibraSamplingMixin:
+    """Libra R-CNN's training sample of proposals for a detectron2 ROI-heads class (mixed in
+    before it: ``class X(LibraSamplingMixin, StandardROIHeads)``).
 
-    Matching is detectron2's (``ROI_HEADS.IOU_THRESHOLDS``, ground truth appended when
+    Matching is the host class's (``proposal_matcher``, ground truth appended when
     ``PROPOSAL_APPEND_GT``); the numbers of positives and negatives are detectron2's
     ``subsample_labels`` counts; only *which* proposals are taken changes:
 
-    * positives: ``MODEL.LIBRA.POS_SAMPLER`` "instance_balanced" or "random";
-    * negatives: ``MODEL.LIBRA.NEG_SAMPLER`` "iou_balanced" or "random", with
-      ``FLOOR_THRESH``, ``FLOOR_FRACTION``, ``NUM_BINS`` and ``NEG_BIN_UPPER``.
+    * positives: ``pos_sampler`` (``MODEL.LIBRA.POS_SAMPLER``) "instance_balanced" or "random";
+    * negatives: ``neg_sampler`` (``MODEL.LIBRA.NEG_SAMPLER``) "iou_balanced" or "random", with
+      ``floor_thresh``, ``floor_fraction``, ``num_bins`` and ``neg_bin_upper`` (the
+      ``MODEL.LIBRA`` keys of the same names; ``bg_iou_thresh`` is the host's background
+      threshold). Semantics: docs/semantics.md.
 
-    With both set to "random" sampling is detectron2's own ``subsample_labels``. The box
-    predictor is :class:`LibraFastRCNNOutputLayers` so ``ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE``
-    may be "balanced_l1".
+    With both "random" the sample is detectron2's own ``subsample_labels``. The constructor
+    validates every argument (yacs, LazyConfig and direct Python use alike).
 
     Per iteration it writes to the EventStorage: ``libra/neg_iou_mean`` (mean max-IoU of the
     sampled negatives) and ``libra/neg_share_bin{i}`` (share of sampled negatives in each of
-    NUM_BINS equal bins over [max(FLOOR_THRESH, 0), IOU_THRESHOLDS[0]): a fixed reference
-    grid, so the curves are comparable across images and runs).
+    NUM_BINS equal bins over [max(FLOOR_THRESH, 0), bg_iou_thresh): a fixed reference grid,
+    so the curves are comparable across images and runs).
     """
 
     # "auto": numpy path for CPU tensors (no device to sync with), sync-free torch path on
-    # accelerators; "numpy" / "torch" force one (both implement DESIGN 2.1).
+    # accelerators; "numpy" / "torch" force one (both implement the same semantics).
     sampler_method = "auto"
 
     @configurable
@@ -59,6 +61,7 @@ class LibraROIHeads(StandardROIHeads):
         num_bins: int = 3,
         neg_bin_upper: str = "max_iou",
         bg_iou_thresh: float = 0.5,
+        trainer_only_settings=(),
         **kwargs,
     ):
         validate_sampler_args(type(self).__name__, pos_sampler, neg_sampler, floor_thresh, floor_fraction, num_bins,
@@ -71,6 +74,12 @@ class LibraROIHeads(StandardROIHeads):
         self.num_bins = int(num_bins)
         self.neg_bin_upper = neg_bin_upper
         self.bg_iou_thresh = float(bg_iou_thresh)
+        guard_trainer_only_settings(self, list(trainer_only_settings))
+
+    @classmethod
+    def background_iou_thresh(cls, cfg) -> float:
+        """The host's background threshold (top of the "bg_thresh" bins and the statistics grid)."""
+        return cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0]
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -84,14 +93,9 @@ class LibraROIHeads(StandardROIHeads):
             floor_fraction=c.FLOOR_FRACTION,
             num_bins=c.NUM_BINS,
             neg_bin_upper=c.NEG_BIN_UPPER,
-            bg_iou_thresh=cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0],
+            bg_iou_thresh=cls.background_iou_thresh(cfg),
+            trainer_only_settings=trainer_only_settings(cfg),
         )
-        return ret
-
-    @classmethod
-    def _init_box_head(cls, cfg, input_shape):
-        ret = super()._init_box_head(cfg, input_shape)
-        ret["box_predictor"] = LibraFastRCNNOutputLayers(cfg, ret["box_head"].output_shape)
         return ret
 
     def _sample_balanced(self, matched_idxs, gt_classes, max_iou):
@@ -198,3 +202,16 @@ class LibraROIHeads(StandardROIHeads):
         storage.put_scalar("libra/neg_iou_mean", values[2])
         for i, share in enumerate(values[3:]):
             storage.put_scalar(f"libra/neg_share_bin{i}", share)
+
+
+@ROI_HEADS_REGISTRY.register()
+class LibraROIHeads(LibraSamplingMixin, StandardROIHeads):
+    """detectron2's ``StandardROIHeads`` with Libra R-CNN's balanced sampling
+    (:class:`LibraSamplingMixin`) and :class:`LibraFastRCNNOutputLayers` as the box predictor,
+    so ``ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE`` may be "balanced_l1"."""
+
+    @classmethod
+    def _init_box_head(cls, cfg, input_shape):
+        ret = super()._init_box_head(cfg, input_shape)
+        ret["box_predictor"] = LibraFastRCNNOutputLayers(cfg, ret["box_head"].output_shape)
+        return ret

@@ -4,7 +4,8 @@ from detectron2.config import configurable
 from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY
 from detectron2.modeling.proposal_generator.rpn import RPN
 
-from .config import LibraConfigError, check_number, split_balanced_l1, validate_balanced_l1_args, validate_libra_config
+from .config import check_neg_pos_ub, split_balanced_l1, validate_balanced_l1_args, validate_libra_config
+from .engine.trainer_keys import guard_trainer_only_settings, trainer_only_settings
 from .losses import balanced_l1_loss
 from .matcher import ReferenceMatcher
 from .sampling import random_subset_mask
@@ -48,15 +49,14 @@ class LibraRPN(RPN):
     """
 
     @configurable
-    def __init__(self, *args, neg_pos_ub: float = -1.0, balanced_l1=None, **kwargs):
+    def __init__(self, *args, neg_pos_ub: float = -1.0, balanced_l1=None, trainer_only_settings=(), **kwargs):
         key = "LibraRPN(neg_pos_ub=...) [config key MODEL.LIBRA.RPN_NEG_POS_UB]"
-        check_number(key, neg_pos_ub, lo=-1.0)
-        if neg_pos_ub != -1 and neg_pos_ub < 0:
-            raise LibraConfigError(f"{key} = {neg_pos_ub!r} is invalid: allowed -1 (off) or a value >= 0")
+        check_neg_pos_ub(key, neg_pos_ub)
         validate_balanced_l1_args("LibraRPN", "balanced_l1", balanced_l1, "RPN_BALANCED_L1")
         super().__init__(*args, **kwargs)
         self.neg_pos_ub = float(neg_pos_ub)
         self.balanced_l1 = balanced_l1  # None or dict(alpha, gamma, beta)
+        guard_trainer_only_settings(self, list(trainer_only_settings))
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -68,6 +68,7 @@ class LibraRPN(RPN):
             ret["anchor_matcher"] = ReferenceMatcher(cfg.MODEL.RPN.IOU_THRESHOLDS, cfg.MODEL.RPN.IOU_LABELS,
                                                      min_low_quality_iou=cfg.MODEL.LIBRA.RPN_MIN_POS_IOU)
         ret["balanced_l1"] = params
+        ret["trainer_only_settings"] = trainer_only_settings(cfg)
         return ret
 
     def _subsample_labels(self, label):

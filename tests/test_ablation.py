@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from libra_d2.ablation import build_report, paired_difference, report_markdown, summarize_metric, t_quantile, verdict
-from tests.test_end_to_end import ROOT, TINY
+from tests.conftest import ROOT, TINY
 
 
 @pytest.mark.parametrize("df,expected", [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (29, 2.0452)])
@@ -149,3 +149,16 @@ def test_heads_presets_and_segm_report_from_finished_runs(tmp_path):
     assert abs(seg["differences"]["mask_libra"]["AP"]["mean"] - 3.5) < 1e-9  # pairs: +3, +4
     md = (out / "ablation.md").read_text()
     assert "COCO mask AP" in md and "COCO box AP" in md
+    # --report-only with nothing but the folder rebuilds the same report from the earlier plan
+    (out / "ablation.md").unlink()
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools/ablate.py"), "-o", str(out), "--report-only"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert json.loads((out / "ablation.json").read_text())["report"] == data["report"]
+    assert (out / "ablation.md").read_text() == md
+    # and --help names every preset
+    helptext = subprocess.run([sys.executable, os.path.join(ROOT, "tools/ablate.py"), "--help"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120).stdout
+    from libra_d2.ablation import PRESETS
+
+    assert all(name in helptext for name in PRESETS)

@@ -85,7 +85,7 @@ def test_libra_model_bfloat16_autocast_close_to_float32(libra_cfg, shapes_root, 
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
 
-    from tests.test_end_to_end import TINY
+    from tests.conftest import TINY
 
     cfg = libra_cfg(config, *TINY)
     torch.manual_seed(0)

@@ -4,7 +4,7 @@ import torch
 from detectron2.utils.events import EventStorage
 
 from libra_d2.fast_rcnn import LibraFastRCNNOutputLayers
-from tests.test_roi_heads import inputs, neg_ious, small_heads
+from tests.conftest import inputs, neg_ious, small_heads
 
 CASCADE = ("MODEL.ROI_HEADS.NAME", "LibraCascadeROIHeads", "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", True)
 

@@ -46,6 +46,39 @@ def test_config_list_is_complete():
         assert required in names, required
 
 
+def enabled_components(model):
+    """Which Libra components a built model uses: sampling, bfp, balanced_l1, rpn_cap."""
+    from libra_d2.roi_heads import LibraSamplingMixin
+
+    heads = getattr(model, "roi_heads", None)
+    out = set()
+    if isinstance(heads, LibraSamplingMixin) and (heads.pos_sampler, heads.neg_sampler) != ("random", "random"):
+        out.add("sampling")
+    if any(type(m).__name__ == "BFP" for m in model.modules()):
+        out.add("bfp")
+    predictors = getattr(heads, "box_predictor", None)
+    predictors = list(predictors) if isinstance(predictors, torch.nn.ModuleList) else [predictors]
+    if any(getattr(p, "box_reg_loss_type", None) == "balanced_l1" for p in predictors if p is not None) or \
+            getattr(model, "balanced_l1", None) is not None:
+        out.add("balanced_l1")
+    if getattr(getattr(model, "proposal_generator", None), "neg_pos_ub", -1) >= 0:
+        out.add("rpn_cap")
+    return out
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("ablation_sampling_only_R_50_FPN_1x.yaml", {"sampling"}),
+    ("ablation_bfp_only_R_50_FPN_1x.yaml", {"bfp"}),
+    ("ablation_balanced_l1_only_R_50_FPN_1x.yaml", {"balanced_l1"}),
+    ("faster_rcnn_R_50_FPN_1x.yaml", set()),
+    ("libra_faster_rcnn_R_50_FPN_1x.yaml", {"sampling", "bfp", "balanced_l1", "rpn_cap"}),
+    ("libra_retinanet_R_50_FPN_1x.yaml", {"bfp", "balanced_l1"}),
+])
+def test_each_coco_config_enables_exactly_its_components(libra_cfg, name, expected):
+    model = build_model(libra_cfg(f"COCO-Detection/{name}", "MODEL.WEIGHTS", ""))
+    assert enabled_components(model) == expected
+
+
 @pytest.mark.parametrize("path", CONFIGS)
 def test_config_builds(libra_cfg, path):
     cfg = libra_cfg(path, "MODEL.WEIGHTS", "")

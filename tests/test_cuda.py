@@ -14,7 +14,7 @@ import torch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-from tests.test_end_to_end import TINY, run_train_net  # noqa: E402
+from tests.conftest import TINY, run_train_net  # noqa: E402
 
 DEV = "cuda"
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from libra_d2.utils.env import launch_supports_cpu
-from tests.test_end_to_end import ROOT, TINY, run_train_net
+from tests.conftest import ROOT, TINY, run_train_net
 
 CONFIG = os.path.join(ROOT, "configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml")
 # With these settings one process with 2 images per batch and two processes with 1 image each

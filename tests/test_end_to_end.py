@@ -2,26 +2,10 @@
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-    "INPUT.MIN_SIZE_TRAIN", "(192,)", "INPUT.MAX_SIZE_TRAIN", "320", "INPUT.MIN_SIZE_TEST", "192", "INPUT.MAX_SIZE_TEST", "320",
-    "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "DATASETS.TEST", "('libra_shapes_val_mini',)",
-    "SOLVER.WARMUP_ITERS", "10", "SOLVER.STEPS", "()",
-]
-
-
-def run_train_net(shapes_root, *args, check=True):
-    env = dict(os.environ, DETECTRON2_DATASETS=shapes_root, PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train_net.py"), *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"train_net.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
+from tests.conftest import ROOT, TINY, run_train_net  # noqa: E402
 
 
 def metrics(out):

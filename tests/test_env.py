@@ -49,9 +49,25 @@ def test_components_registered():
     )
 
     import libra_d2  # noqa: F401
+    from libra_d2.bfp import build_resnet_bfp_backbone, build_retinanet_resnet_bfp_backbone
+    from libra_d2.cascade import LibraCascadeROIHeads
+    from libra_d2.retinanet import LibraRetinaNet
+    from libra_d2.roi_heads import LibraROIHeads
+    from libra_d2.rpn import LibraRPN
 
-    assert ROI_HEADS_REGISTRY.get("LibraROIHeads")
-    assert BACKBONE_REGISTRY.get("build_resnet_bfp_backbone")
-    assert BACKBONE_REGISTRY.get("build_retinanet_resnet_bfp_backbone")
-    assert PROPOSAL_GENERATOR_REGISTRY.get("LibraRPN")
-    assert META_ARCH_REGISTRY.get("LibraRetinaNet")
+    # every registered name resolves to libra-d2's own object (not a detectron2 one of that name)
+    expected = [
+        (ROI_HEADS_REGISTRY, "LibraROIHeads", LibraROIHeads),
+        (ROI_HEADS_REGISTRY, "LibraCascadeROIHeads", LibraCascadeROIHeads),
+        (BACKBONE_REGISTRY, "build_resnet_bfp_backbone", build_resnet_bfp_backbone),
+        (BACKBONE_REGISTRY, "build_retinanet_resnet_bfp_backbone", build_retinanet_resnet_bfp_backbone),
+        (PROPOSAL_GENERATOR_REGISTRY, "LibraRPN", LibraRPN),
+        (META_ARCH_REGISTRY, "LibraRetinaNet", LibraRetinaNet),
+    ]
+    for registry, name, obj in expected:
+        assert registry.get(name) is obj, name
+    # and nothing else named Libra* is registered without being listed here
+    listed = {name for _, name, _ in expected}
+    for registry in (ROI_HEADS_REGISTRY, BACKBONE_REGISTRY, PROPOSAL_GENERATOR_REGISTRY, META_ARCH_REGISTRY):
+        names = {n for n, _ in registry} if hasattr(registry, "__iter__") else set(registry._obj_map)
+        assert {n for n in names if "libra" in n.lower() or "bfp" in n.lower()} <= listed

@@ -84,7 +84,7 @@ def test_export_tool_writes_a_module_that_loads_with_only_torch(libra_cfg, tmp_p
            "--check-sizes", "175x230"]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=str(tmp_path))
     assert res.returncode == 0, res.stdout + res.stderr
-    report = json.loads((out_dir / "export_report.json").read_text())
+    report = json.loads((out_dir / "export_report_torchscript.json").read_text())
     assert report["checks"]["175x230"]["all_matched"] and report["checks"]["175x230"]["n_eager"] > 0
 
     # eager reference with the same (random, seeded by the tool's build) weights: rebuild and

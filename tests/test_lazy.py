@@ -10,7 +10,7 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling import build_model
 
-from tests.test_end_to_end import ROOT, run_train_net
+from tests.conftest import ROOT, run_train_net
 
 PAIRS = {
     "libra_rcnn_R_18_FPN_builtin.py": "builtin/libra_rcnn_R_18_FPN_cpu.yaml",

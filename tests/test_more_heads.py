@@ -9,8 +9,7 @@ import torch
 from detectron2.structures import BitMasks
 from detectron2.utils.events import EventStorage
 
-from tests.test_end_to_end import ROOT, TINY, run_train_net
-from tests.test_roi_heads import inputs, small_heads
+from tests.conftest import ROOT, TINY, inputs, run_train_net, small_heads
 
 
 def test_mask_head_trains_on_the_balanced_positives(libra_cfg):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_end_to_end import TINY
+from tests.conftest import TINY
 
 CONFIGS = {
     "builtin/libra_rcnn_R_18_FPN_cpu.yaml": (1, 2, 3),

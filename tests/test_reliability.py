@@ -11,7 +11,8 @@ import time
 import pytest
 import torch
 
-from tests.test_end_to_end import ROOT, TINY, run_train_net
+from libra_d2.engine.stream import checked_dataset_dicts
+from tests.conftest import ROOT, TINY, run_train_net
 
 CFG = os.path.join(ROOT, "configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml")
 SHORT = [*TINY, "DATASETS.TEST", "()", "SOLVER.CHECKPOINT_PERIOD", "10", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64"]
@@ -190,7 +191,7 @@ def test_degenerate_and_outside_boxes_are_counted(shapes_root, tmp_path, libra_c
     register("fault_boxes", json_file, img_dir)
     cfg, T = trainer_for(libra_cfg, "fault_boxes", tmp_path)
     with caplog.at_level(logging.WARNING):
-        dicts = T._dataset_dicts(cfg, ["fault_boxes"])
+        dicts = checked_dataset_dicts(cfg, ["fault_boxes"])
     text = caplog.text
     assert "dropped 2 boxes with zero or negative width/height" in text
     assert "dropped 1 boxes lying entirely outside their image" in text
@@ -198,13 +199,14 @@ def test_degenerate_and_outside_boxes_are_counted(shapes_root, tmp_path, libra_c
     n = sum(len(x["annotations"]) for x in dicts)
     assert n == len(d["annotations"]) - 3
     trainer = T(cfg)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.train()  # trains on what is left
-    assert trainer.iter == 0 or trainer.iter == cfg.SOLVER.MAX_ITER
+    assert trainer.iter == cfg.SOLVER.MAX_ITER
+    after = trainer.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "no optimizer step was taken"
 
 
 def test_noncontiguous_ids_empty_and_crowd_only_images(shapes_root, tmp_path, libra_cfg):
-    from detectron2.data import get_detection_dataset_dicts
-
     def remap(d, _):
         for c in d["categories"]:
             c["id"] = c["id"] * 10
@@ -219,6 +221,131 @@ def test_noncontiguous_ids_empty_and_crowd_only_images(shapes_root, tmp_path, li
 
     json_file, img_dir, d = small_coco(shapes_root, tmp_path, remap)
     register("fault_ids", json_file, img_dir)
-    dicts = get_detection_dataset_dicts(["fault_ids"], filter_empty=True)
-    assert len(dicts) == 2  # the empty and the crowd-only image are filtered for training
-    assert {a["category_id"] for x in dicts for a in x["annotations"]} <= {0, 1, 2, 3}  # mapped to contiguous
+    from libra_d2.engine import build_loader, stream_from_yacs
+
+    cfg, _ = trainer_for(libra_cfg, "fault_ids", tmp_path)
+    stream = stream_from_yacs(cfg, seed=5)  # libra-d2's training stream: data checks, then detectron2's loading
+    assert len(stream.dicts) == 2  # the empty and the crowd-only image are filtered for training
+    first, second = d["images"][0]["id"], d["images"][1]["id"]
+    assert {x["image_id"] for x in stream.dicts}.isdisjoint({first, second})
+    batches = build_loader(stream, seed=5)
+    seen = set()
+    for _, batch in zip(range(4), batches):  # what the model receives: contiguous classes 0..3
+        for sample in batch:
+            assert sample["image_id"] not in (first, second)
+            seen |= set(sample["instances"].gt_classes.tolist())
+    assert seen and seen <= {0, 1, 2, 3}
+
+
+class MemoryHandler:
+    """An in-memory ``memory://`` path handler for fvcore/detectron2's ``PathManager``: a file
+    written there exists nowhere on disk, so a plain ``open`` of such a path cannot be it."""
+
+    def __new__(cls):
+        import io
+
+        from iopath.common.file_io import PathHandler
+
+        files = {}
+
+        class _Writer(io.BytesIO):
+            def __init__(self, path, text, initial=b""):
+                super().__init__(initial)
+                self.seek(0, io.SEEK_END)
+                self._path, self._text = path, text
+
+            def write(self, data):
+                return super().write(data.encode() if self._text else data)
+
+            def close(self):
+                if not self.closed:
+                    files[self._path] = self.getvalue()
+                super().close()
+
+        class Handler(PathHandler):
+            def _get_supported_prefixes(self):
+                return ["memory://"]
+
+            def _open(self, path, mode="r", buffering=-1, **kwargs):
+                text = "b" not in mode
+                if "w" in mode or "a" in mode:
+                    return _Writer(path, text, files.get(path, b"") if "a" in mode else b"")
+                if path not in files:
+                    raise FileNotFoundError(path)
+                return io.StringIO(files[path].decode()) if text else io.BytesIO(files[path])
+
+            def _exists(self, path, **kwargs):
+                return path in files or any(k.startswith(path.rstrip("/") + "/") for k in files)
+
+            def _isfile(self, path, **kwargs):
+                return path in files
+
+            def _isdir(self, path, **kwargs):
+                return not self._isfile(path) and self._exists(path)
+
+            def _ls(self, path, **kwargs):
+                prefix = path.rstrip("/") + "/"
+                return sorted({k[len(prefix):].split("/")[0] for k in files if k.startswith(prefix)})
+
+            def _mkdirs(self, path, **kwargs):
+                pass
+
+            def _rm(self, path, **kwargs):
+                files.pop(path, None)
+
+            def _get_local_path(self, path, **kwargs):  # a local copy for readers that need a file
+                import tempfile
+
+                fd, local = tempfile.mkstemp(suffix=os.path.basename(path))
+                with os.fdopen(fd, "wb") as f:
+                    f.write(files[path])
+                return local
+
+        h = Handler()
+        h.files = files
+        return h
+
+
+def test_training_and_resume_write_only_through_path_manager(shapes_root, tmp_path, libra_cfg, monkeypatch):
+    """OUTPUT_DIR on a registered in-memory handler: checkpoints, last_checkpoint, metrics and
+    eval_results.json land there, a resume reads them back, and nothing but TensorBoard's
+    events (local in detectron2 too) is written to the local disk."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.utils.file_io import PathManager
+
+    from libra_d2.engine import write_results
+    from libra_d2.training import LibraTrainer
+
+    handler = MemoryHandler()
+    PathManager.register_handler(handler)
+    monkeypatch.chdir(tmp_path)  # a relative local write would land here
+    out = "memory://run"
+    cfg = libra_cfg("builtin/libra_rcnn_R_18_FPN_cpu.yaml", *TINY, "DATASETS.TEST", "()", "SOLVER.MAX_ITER", 4,
+                    "SOLVER.CHECKPOINT_PERIOD", 2, "SEED", 3, "OUTPUT_DIR", out)
+    trainer = LibraTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    write_results(out, {"bbox": {"AP": 1.0}})
+    names = set(handler.files)
+    for f in ("model_0001.pth", "model_0003.pth", "model_final.pth", "last_checkpoint", "metrics.json",
+              "eval_results.json"):
+        assert f"{out}/{f}" in names, (f, sorted(names))
+    assert handler.files[f"{out}/last_checkpoint"] == b"model_final.pth"
+
+    # resume from the handler: continues after the last checkpoint's iteration
+    handler.files[f"{out}/last_checkpoint"] = b"model_0001.pth"
+    cfg2 = cfg.clone()
+    cfg2.defrost()
+    cfg2.SOLVER.MAX_ITER = 4
+    resumed = LibraTrainer(cfg2)
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 2
+    resumed.train()
+    final = DetectionCheckpointer(resumed.model)._load_file(PathManager.get_local_path(f"{out}/model_final.pth"))
+    assert final["iteration"] == 3
+    straight = trainer.model.state_dict()
+    for k, v in resumed.model.state_dict().items():  # exact resume: the same weights as the straight run
+        assert torch.equal(v, straight[k]), k
+
+    local = [os.path.relpath(os.path.join(d, f), tmp_path) for d, _, fs in os.walk(tmp_path) for f in fs]
+    assert local and all("events.out.tfevents" in f for f in local), local

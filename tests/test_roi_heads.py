@@ -1,37 +1,10 @@
 """LibraROIHeads in a small model, following detectron2's test_roi_heads pattern."""
 import pytest
 import torch
-from detectron2.layers import ShapeSpec
-from detectron2.modeling.roi_heads import build_roi_heads
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
 
-
-def small_heads(libra_cfg, *opts):
-    cfg = libra_cfg(
-        "Base-Libra-RCNN-FPN.yaml",
-        "MODEL.ROI_HEADS.NUM_CLASSES", 4,
-        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 64,
-        "MODEL.ROI_BOX_HEAD.FC_DIM", 32,
-        *opts,
-    )
-    shapes = {f"p{i}": ShapeSpec(channels=16, stride=2 ** i) for i in range(2, 7)}
-    return cfg, build_roi_heads(cfg, shapes)
-
-
-def inputs(h=128, w=160, num_props=400, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    features = {f"p{i}": torch.rand(2, 16, h // 2 ** i, w // 2 ** i, generator=g) for i in range(2, 7)}
-    images = ImageList(torch.zeros(2, 3, h, w), [(h, w), (h, w)])
-    gt = Instances((h, w), gt_boxes=Boxes(torch.tensor([[10.0, 10, 60, 70], [70, 40, 150, 120]])), gt_classes=torch.tensor([1, 3]))
-    empty = Instances((h, w), gt_boxes=Boxes(torch.zeros(0, 4)), gt_classes=torch.zeros(0, dtype=torch.long))
-    props = []
-    for _ in range(2):
-        xy = torch.rand(num_props, 2, generator=g) * torch.tensor([w - 20.0, h - 20.0])
-        wh = 8 + torch.rand(num_props, 2, generator=g) * 60
-        boxes = torch.cat([xy, (xy + wh).clamp(max=torch.tensor([w - 1.0, h - 1.0]))], 1)
-        props.append(Instances((h, w), proposal_boxes=Boxes(boxes), objectness_logits=torch.rand(num_props, generator=g)))
-    return images, features, props, [gt, empty]
+from tests.conftest import inputs, neg_ious, small_heads  # noqa: E402
 
 
 @pytest.mark.parametrize("method", ["numpy", "torch"])
@@ -54,29 +27,6 @@ def test_losses_finite_with_and_without_gt(libra_cfg, loss_type, method):
     with EventStorage():
         _, losses = heads(images, features, props, [targets[1], targets[1]])
     assert all(torch.isfinite(v) for v in losses.values())
-
-
-def neg_ious(libra_cfg, neg_sampler, seed, method="auto", *opts):
-    cfg, heads = small_heads(libra_cfg, "MODEL.LIBRA.NEG_SAMPLER", neg_sampler, "MODEL.LIBRA.POS_SAMPLER", "random", *opts)
-    heads.sampler_method = method
-    heads.train()
-    # one image: 1000 proposals far from the object (IoU 0) and 100 around it (low IoU)
-    h, w = 256, 256
-    gt = Instances((h, w), gt_boxes=Boxes(torch.tensor([[100.0, 100, 160, 160]])), gt_classes=torch.tensor([2]))
-    far = torch.tensor([[0.0, 0, 40, 40]]).repeat(1000, 1)
-    g = torch.Generator().manual_seed(seed)
-    shift = torch.rand(100, 1, generator=g) * 60 - 30
-    near = torch.tensor([[100.0, 100, 160, 160]]) + torch.cat([shift, shift, shift, shift], 1) * torch.tensor([1.0, 1, 1, 1])
-    near[:, 2:] += 25  # grow, so IoU stays below 0.5 for most
-    boxes = torch.cat([far, near])
-    props = [Instances((h, w), proposal_boxes=Boxes(boxes), objectness_logits=torch.zeros(len(boxes)))]
-    torch.manual_seed(seed)
-    with EventStorage():
-        sampled = heads.label_and_sample_proposals(props, [gt])[0]
-    from detectron2.structures import pairwise_iou
-
-    neg = sampled.gt_classes == cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    return pairwise_iou(gt.gt_boxes, sampled.proposal_boxes[neg]).max(0).values
 
 
 @pytest.mark.parametrize("method", ["numpy", "torch"])

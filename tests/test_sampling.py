@@ -219,7 +219,13 @@ def test_positives_one_and_zero_gt(method):
 
 
 def test_positives_ignore_non_candidates_gt_ids(method):
-    gt = torch.cat([torch.zeros(50), torch.full((50,), 7)]).long()
-    cand = torch.cat([torch.ones(50), torch.zeros(50)]).bool()
-    idx = sample_instance_balanced_positives(gt, cand, 10, generator=gen(), method=method)
-    check_contract(idx, cand, 10)
+    """Boxes matched only by non-candidates must not count as groups: with the two candidate
+    boxes (3 and 60 positives) G = 2 and q = round(10 / 2) + 1 = 6, so box 0 gives all 3 and
+    box 1 gives 6 + 1 filler = 7, on every draw. Counting the 8 boxes of the non-candidates
+    too (G = 10, q = 2) would take 2 + 2 and fill 6 at random: box 0 mostly ends with 2."""
+    gt = torch.cat([torch.zeros(3), torch.ones(60), torch.arange(2, 10).repeat(10)]).long()
+    cand = torch.cat([torch.ones(63), torch.zeros(80)]).bool()
+    for seed in range(10):
+        idx = sample_instance_balanced_positives(gt, cand, 10, generator=gen(seed), method=method)
+        check_contract(idx, cand, 10)
+        assert torch.bincount(gt[idx], minlength=2).tolist()[:2] == [3, 7]

@@ -35,6 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from libra_d2.ablation import (  # noqa: E402
+    PRESETS,
     Variant,
     build_report,
     load_metrics_by_task,
@@ -46,7 +47,9 @@ from libra_d2.ablation import (  # noqa: E402
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", help="builtin (both below) | builtin-rcnn | builtin-retinanet | coco-rcnn | coco-retinanet")
+    ap.add_argument("--preset", choices=sorted(PRESETS), metavar="PRESET",
+                    help="one of: " + ", ".join(sorted(PRESETS)) + " (builtin = builtin-rcnn + builtin-retinanet; "
+                    "builtin-heads = builtin-cascade + builtin-mask + builtin-fast)")
     ap.add_argument("--no-components", action="store_true", help="with --preset: only baseline and full Libra")
     ap.add_argument("--config", action="append", default=[], metavar="NAME=PATH", help="a variant (repeatable)")
     ap.add_argument("--base", help="base config for --switch variants (its own variant is named 'baseline')")
@@ -54,7 +57,8 @@ def parse_args(argv=None):
                     help="a variant: the base config plus these options (repeatable)")
     ap.add_argument("--baseline", help="variant the others are compared with (default: 'baseline' or the first)")
     ap.add_argument("--only", help="comma-separated variant names to run (the report keeps every finished run)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="default 1 2 3; with --report-only alone, the seeds of the earlier run")
     ap.add_argument("-o", "--output-dir", required=True)
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs at once (each gets cores/jobs threads unless OMP_NUM_THREADS is set); "
@@ -86,6 +90,17 @@ def make_plan(args):
         if not args.base:
             raise SystemExit("ablate: --switch needs --base")
         variants.append(Variant(name, args.base, shlex.split(opts)))
+    if not variants and args.report_only:  # the plan of the earlier run in OUT
+        previous = os.path.join(args.output_dir, "ablation.json")
+        if not os.path.isfile(previous):
+            raise SystemExit(f"ablate: --report-only without variants needs {previous} from an earlier run")
+        with open(previous) as f:
+            data = json.load(f)
+        variants = [Variant(v["name"], v["config_file"], v.get("opts", []), baseline=v.get("baseline"))
+                    for v in data["variants"]]
+        if args.seeds is None:
+            args.seeds = sorted({r["seed"] for r in data.get("runs", [])}) or [1, 2, 3]
+        return variants, {v.name: v.baseline for v in variants}
     if not variants:
         raise SystemExit("ablate: nothing to run: give --preset, --config or --base/--switch")
     names = [v.name for v in variants]
@@ -169,6 +184,8 @@ def run_one(args, v, seed, tag, only, env):
 def main(argv=None):
     args = parse_args(argv)
     variants, baseline = make_plan(args)
+    if args.seeds is None:
+        args.seeds = [1, 2, 3]
     os.makedirs(args.output_dir, exist_ok=True)
     only = set(args.only.split(",")) if args.only else None
     jobs = [(v, s) for s in args.seeds for v in variants]  # seed-major: complete pairs appear early

@@ -119,7 +119,7 @@ def main(argv=None):
         report["checks"][text] = c
         ok &= c["all_matched"]
         print(f"[export] {text}: " + json.dumps(c))
-    with open(os.path.join(args.output, "export_report.json"), "w") as f:
+    with open(os.path.join(args.output, f"export_report_{args.format}.json"), "w") as f:
         json.dump(report, f, indent=1)
     if not ok:
         sys.exit("[export] exported outputs differ from the eager model's (see above)")

@@ -10,7 +10,10 @@ installs the result under the distribution name ``detectron2``.
 The placeholder makes ``from detectron2 import _C`` succeed (detectron2.layers and
 detectron2.evaluation import it at module level); touching any attribute raises an error
 naming the missing C++ op. Libra R-CNN uses none of them: torchvision provides NMS and
-ROIAlign, and COCOEvaluator runs with ``use_fast_impl=False``.
+ROIAlign. ``COCOEvaluator``'s fast path (``use_fast_impl=True``, its default) is the one C++
+op a plain detectron2 script reaches: in this install ``COCOeval_opt`` is pycocotools'
+``COCOeval`` (the same results, slower), as detectron2 main does when its extension is
+missing, so a user's own ``DefaultTrainer`` evaluates instead of failing at the end of a run.
 
 GPU users should build detectron2 from source for their CUDA first; the set-up script
 keeps any importable detectron2 and never runs this file then.
@@ -100,6 +103,14 @@ def has_cuda():
     return False
 '''
 
+FAST_EVAL_FALLBACK = '''
+
+# Added by libra-d2's tools/install_detectron2.py: without the C++ extension, the fast COCO
+# evaluation is pycocotools' own (what detectron2 main falls back to by itself).
+if getattr(_C, "IS_PLACEHOLDER", False):
+    COCOeval_opt = COCOeval  # noqa: F811
+'''
+
 SETUP_PY = '''from setuptools import find_packages, setup
 
 setup(
@@ -151,6 +162,8 @@ def main():
         shutil.copytree(os.path.join(tmp, "pb1-detectron2-0.6", "detectron2"), os.path.join(src, "detectron2"))
     with open(os.path.join(src, "detectron2", "_C.py"), "w") as f:
         f.write(PLACEHOLDER_C)
+    with open(os.path.join(src, "detectron2", "evaluation", "fast_eval_api.py"), "a") as f:
+        f.write(FAST_EVAL_FALLBACK)
     with open(os.path.join(src, "setup.py"), "w") as f:
         f.write(SETUP_PY % (REQUIRES,))
     cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", "install", "--no-build-isolation"]

@@ -38,7 +38,7 @@ from .checks import DatasetError
 
 __all__ = [
     "SUPPORTED_SAMPLERS", "PositionBatchSampler", "aspect_groups", "category_repeat_factors", "seed_from",
-    "training_plan_from_config",
+    "training_plan_from_config", "random_subset",
 ]
 
 SUPPORTED_SAMPLERS = (
@@ -260,11 +260,17 @@ def training_plan_from_config(cfg, dicts, seed, dataset_sizes=None):
             factors = factors / factors.min()
         out["repeat_factors"] = factors
     elif name == "RandomSubsetTrainingSampler":
-        ratio = cfg.DATALOADER.get("RANDOM_SUBSET_RATIO", None)
-        if ratio is None or not 0.0 < float(ratio) <= 1.0:
-            raise ValueError(f"RandomSubsetTrainingSampler needs DATALOADER.RANDOM_SUBSET_RATIO in (0, 1], got {ratio!r}")
-        n = int(len(dicts) * float(ratio))
-        if n <= 0:
-            raise ValueError(f"DATALOADER.RANDOM_SUBSET_RATIO = {ratio} selects no image out of {len(dicts)}")
-        out["subset"] = torch.randperm(len(dicts), generator=_generator(seed_from(seed, 3)))[:n]
+        out["subset"] = random_subset(len(dicts), cfg.DATALOADER.get("RANDOM_SUBSET_RATIO", None), seed,
+                                      "DATALOADER.RANDOM_SUBSET_RATIO")
     return out
+
+
+def random_subset(size: int, ratio, seed: int, key: str = "subset_ratio") -> torch.Tensor:
+    """The images of a ``RandomSubsetTrainingSampler`` run: ``int(size * ratio)`` indices drawn
+    from the run's base ``seed`` (the same subset on resume). ``key`` names the setting in errors."""
+    if ratio is None or isinstance(ratio, bool) or not 0.0 < float(ratio) <= 1.0:
+        raise ValueError(f"RandomSubsetTrainingSampler needs {key} in (0, 1], got {ratio!r}")
+    n = int(size * float(ratio))
+    if n <= 0:
+        raise ValueError(f"{key} = {ratio} selects no image out of {size}")
+    return torch.randperm(size, generator=_generator(seed_from(seed, 3)))[:n]
