@@ -26,8 +26,8 @@ from detectron2.evaluation import verify_results
 
 import libra_d2
 from libra_d2.config import LibraConfigError
-from libra_d2.data.checks import DatasetError
 from libra_d2.engine import write_results
+from libra_d2.engine.data_checks import DatasetError
 from libra_d2.training import LibraTrainer
 
 logger = logging.getLogger("libra_d2")

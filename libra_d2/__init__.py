@@ -7,5 +7,5 @@ Importing this package registers every component in Detectron2's registries:
 """
 __version__ = "0.1.0"
 
-from . import bfp, cascade, data, retinanet, roi_heads, rpn  # noqa: F401  (registration side effects)
+from . import backbone, cascade, data, retinanet, roi_heads, rpn  # noqa: F401  (registration side effects)
 from .config import add_libra_config, validate_libra_config  # noqa: F401

@@ -20,7 +20,7 @@ The positive sampler (``instance_balanced_positives_mask``) is torch only and sy
 one random permutation ranks members inside their ground-truth group (a single int64 sort
 on (group, random position)); a second, independent permutation trims or fills.
 
-Semantics (see DESIGN.md section 2.1):
+Semantics (docs/semantics.md, "IoU-balanced and instance-balanced sampling"):
 
 * ``sample_instance_balanced_positives``: if there are more positives than ``num``, each of
   the G ground-truth boxes matched by positives gets ``q = round(num / G) + 1`` (Python's

@@ -6,7 +6,7 @@ What it adds to DefaultTrainer (same hooks, writers, evaluation):
   the optimizer and the LR scheduler (both detectron2 versions installed here save them
   through the trainer state; libra-d2 checks that they are registered), the iteration and
   the run's base seed. The training stream is addressed by position
-  (:mod:`libra_d2.data.samplers`): batch k is a pure function of (seed, k), with
+  (:mod:`libra_d2.engine.samplers`): batch k is a pure function of (seed, k), with
   detectron2's aspect-ratio grouping, repeat-factor, weighted and random-subset sampling
   rebuilt that way; sample ``p`` of the run has its augmentation RNGs (numpy, random,
   torch) seeded from (seed, p). Every iteration reseeds the main-process RNGs from (seed,
@@ -19,7 +19,7 @@ What it adds to DefaultTrainer (same hooks, writers, evaluation):
   fvcore's ``PathManager`` (any ``OUTPUT_DIR`` a registered path handler serves); local
   files go to a temporary file renamed into place, so a kill during a write leaves the
   previous checkpoint and ``last_checkpoint`` valid.
-* **Data checks** (:mod:`libra_d2.data.checks`): malformed annotation files and unreadable
+* **Data checks** (:mod:`libra_d2.engine.data_checks`): malformed annotation files and unreadable
   images stop training with an error naming the file and image id; degenerate and
   out-of-image boxes are dropped or clipped with a counted warning.
 * A non-finite loss stops training (detectron2's FloatingPointError, raised before the

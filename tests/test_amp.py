@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from libra_d2.bfp import NonLocal2d
+from libra_d2.refine import NonLocal2d
 
 
 def _trained_like(c=256, hw=(25, 38), act_scale=1.0, w_std=0.05, seed=0):

@@ -13,7 +13,7 @@ def feats(c=8, b=2, requires_grad=False, seed=0):
 
 
 def expected_none(xs, r):
-    """DESIGN 2.2 written out directly: gather to level r, average, scatter, add."""
+    """The BFP semantics (docs/semantics.md) written out directly: gather to level r, average, scatter, add."""
     size = xs[r].shape[-2:]
     gathered = [F.adaptive_max_pool2d(x, size) if i < r else F.interpolate(x, size=size, mode="nearest") for i, x in enumerate(xs)]
     avg = torch.stack(gathered).mean(0)
@@ -85,7 +85,7 @@ def test_bad_arguments():
 def test_gather_form_of_adaptive_max_pool_equals_torch():
     """BFP's ONNX-exportable pooling gives F.adaptive_max_pool2d's values for every ratio up
     to the bound, exact and ceil (odd) sizes alike."""
-    from libra_d2.bfp import adaptive_max_pool2d_gather
+    from libra_d2.onnx_pooling import adaptive_max_pool2d_gather
 
     g = torch.Generator().manual_seed(0)
     checked = 0

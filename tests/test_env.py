@@ -49,7 +49,7 @@ def test_components_registered():
     )
 
     import libra_d2  # noqa: F401
-    from libra_d2.bfp import build_resnet_bfp_backbone, build_retinanet_resnet_bfp_backbone
+    from libra_d2.backbone import build_resnet_bfp_backbone, build_retinanet_resnet_bfp_backbone
     from libra_d2.cascade import LibraCascadeROIHeads
     from libra_d2.retinanet import LibraRetinaNet
     from libra_d2.roi_heads import LibraROIHeads

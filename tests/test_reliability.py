@@ -153,7 +153,7 @@ def trainer_for(libra_cfg, name, tmp_path):
 
 
 def test_truncated_json_names_the_file(shapes_root, tmp_path, libra_cfg):
-    from libra_d2.data.checks import DatasetError
+    from libra_d2.engine.data_checks import DatasetError
 
     json_file, img_dir, _ = small_coco(shapes_root, tmp_path, lambda d, _: json.dumps(d)[:-40])
     register("fault_truncated", json_file, img_dir)
@@ -163,7 +163,7 @@ def test_truncated_json_names_the_file(shapes_root, tmp_path, libra_cfg):
 
 
 def test_missing_image_names_file_and_id(shapes_root, tmp_path, libra_cfg):
-    from libra_d2.data.checks import DatasetError
+    from libra_d2.engine.data_checks import DatasetError
 
     def drop_file(d, img_dir):
         os.remove(img_dir / d["images"][0]["file_name"])
@@ -248,19 +248,32 @@ class MemoryHandler:
 
         files = {}
 
-        class _Writer(io.BytesIO):
+        class _Writer:
+            """A remote-style file: write/flush/close, no file descriptor."""
+
             def __init__(self, path, text, initial=b""):
-                super().__init__(initial)
-                self.seek(0, io.SEEK_END)
-                self._path, self._text = path, text
+                self._buf, self._path, self._text, self.closed = bytearray(initial), path, text, False
 
             def write(self, data):
-                return super().write(data.encode() if self._text else data)
+                self._buf += data.encode() if self._text else bytes(data)
+                return len(data)
+
+            def flush(self):
+                files[self._path] = bytes(self._buf)
+
+            def writable(self):
+                return True
 
             def close(self):
                 if not self.closed:
-                    files[self._path] = self.getvalue()
-                super().close()
+                    self.flush()
+                    self.closed = True
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.close()
 
         class Handler(PathHandler):
             def _get_supported_prefixes(self):
@@ -327,13 +340,13 @@ def test_training_and_resume_write_only_through_path_manager(shapes_root, tmp_pa
     trainer.train()
     write_results(out, {"bbox": {"AP": 1.0}})
     names = set(handler.files)
-    for f in ("model_0001.pth", "model_0003.pth", "model_final.pth", "last_checkpoint", "metrics.json",
+    for f in ("model_0000001.pth", "model_0000003.pth", "model_final.pth", "last_checkpoint", "metrics.json",
               "eval_results.json"):
         assert f"{out}/{f}" in names, (f, sorted(names))
     assert handler.files[f"{out}/last_checkpoint"] == b"model_final.pth"
 
     # resume from the handler: continues after the last checkpoint's iteration
-    handler.files[f"{out}/last_checkpoint"] = b"model_0001.pth"
+    handler.files[f"{out}/last_checkpoint"] = b"model_0000001.pth"
     cfg2 = cfg.clone()
     cfg2.defrost()
     cfg2.SOLVER.MAX_ITER = 4
@@ -348,4 +361,4 @@ def test_training_and_resume_write_only_through_path_manager(shapes_root, tmp_pa
         assert torch.equal(v, straight[k]), k
 
     local = [os.path.relpath(os.path.join(d, f), tmp_path) for d, _, fs in os.walk(tmp_path) for f in fs]
-    assert local and all("events.out.tfevents" in f for f in local), local
+    assert all("events.out.tfevents" in f for f in local), local

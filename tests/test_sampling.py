@@ -32,7 +32,7 @@ def random_case(seed, n=600):
 @pytest.mark.parametrize("num", [0, 1, 7, 64, 300, 10_000])
 @pytest.mark.parametrize("floor_thresh,floor_fraction,k", [(-1, 0.0, 3), (0, 0.5, 3), (0.1, 0.3, 4), (-1, 0.0, 1), (0, 0.2, 1)])
 def test_negatives_invariants(num, floor_thresh, floor_fraction, k, method):
-    """Exact stage counts of DESIGN 2.1 hold on random inputs for every branch."""
+    """Exact stage counts of the sampling semantics (docs/semantics.md) hold on random inputs for every branch."""
     for seed in range(4):
         iou, cand = random_case(seed)
         idx = sample_iou_balanced_negatives(

@@ -12,14 +12,14 @@ from detectron2.modeling import build_model
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("tool", ["demo.py", "plot_sampling.py", "convert_mmdet_checkpoint.py", "convert_torchvision_backbone.py"])
+@pytest.mark.parametrize("tool", ["predict.py", "plot_sampling.py", "convert_mmdet_checkpoint.py", "convert_torchvision_backbone.py"])
 def test_help(tool):
     out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", tool), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "usage" in out.stdout.lower()
 
 
 def to_reference_name(k, arch):
-    """detectron2 key -> the reference implementation's key (DESIGN.md section 9 table)."""
+    """detectron2 key -> the reference implementation's key (the table in docs/converter.md)."""
     rules = [
         (r"^backbone\.bottom_up\.stem\.conv1\.norm\.(.+)$", lambda m: f"backbone.bn1.{m[1]}"),
         (r"^backbone\.bottom_up\.stem\.conv1\.(.+)$", lambda m: f"backbone.conv1.{m[1]}"),
@@ -113,8 +113,8 @@ def test_demo_and_plot_on_builtin(shapes_root, tmp_path, libra_cfg):
     from detectron2.checkpoint import DetectionCheckpointer
 
     from libra_d2.data import dataset_dir
-    from tools.demo import main as demo
     from tools.plot_sampling import main as plot
+    from tools.predict import main as demo
 
     cfg = libra_cfg("builtin/libra_rcnn_R_18_FPN_cpu.yaml")
     model = build_model(cfg)

@@ -8,7 +8,7 @@ LazyCall; the mask head trains on LibraROIHeads' balanced positives. Same model 
     python train_net.py --config-file configs/lazy/libra_mask_rcnn_R_50_FPN_1x.py --num-gpus 8
 """
 
-from libra_d2.bfp import BFPFPN
+from libra_d2.backbone import BFPFPN
 from libra_d2.fast_rcnn import LibraFastRCNNOutputLayers
 from libra_d2.lazy import d2_config
 from libra_d2.roi_heads import LibraROIHeads

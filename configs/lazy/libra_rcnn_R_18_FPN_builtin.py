@@ -16,7 +16,7 @@ from detectron2.solver.build import get_default_optimizer_params
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 import libra_d2  # noqa: F401  (registers the built-in datasets)
-from libra_d2.bfp import BFPFPN
+from libra_d2.backbone import BFPFPN
 from libra_d2.fast_rcnn import LibraFastRCNNOutputLayers
 from libra_d2.lazy import clipped_optimizer, d2_config
 from libra_d2.roi_heads import LibraROIHeads

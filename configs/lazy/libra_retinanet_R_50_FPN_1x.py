@@ -5,7 +5,7 @@ Same model as ``configs/COCO-Detection/libra_retinanet_R_50_FPN_1x.yaml``.
     python train_net.py --config-file configs/lazy/libra_retinanet_R_50_FPN_1x.py --num-gpus 8
 """
 
-from libra_d2.bfp import BFPFPN
+from libra_d2.backbone import BFPFPN
 from libra_d2.lazy import d2_config
 from libra_d2.retinanet import LibraRetinaNet
 

@@ -1,13 +1,13 @@
 """Built-in dataset registration. Importing this module registers ``libra_shapes_train``,
 ``libra_shapes_val`` and ``libra_shapes_val_mini`` (first 24 val images), and
 ``libra_shapes_mixed_{train,val}`` (every third image rotated to portrait, for aspect-ratio
-grouping: :mod:`libra_d2.data.mixed`) and ``libra_shapes_segm_{train,val,val_mini}`` (with
+grouping: :mod:`libra_d2.data.mixed_aspect`) and ``libra_shapes_segm_{train,val,val_mini}`` (with
 instance masks: :mod:`libra_d2.data.segm`) in detectron2's DatasetCatalog through detectron2's own COCO loader
 (``load_coco_json``), so the standard data loader and ``COCOEvaluator`` run on them. The
 files are generated on first use under ``$DETECTRON2_DATASETS`` (default ``./datasets``)."""
 import os
 
-from .mixed import ensure_mixed, mixed_dir
+from .mixed_aspect import ensure_mixed, mixed_dir
 from .segm import ensure_segm, segm_json
 from .shapes import CLASSES, SPLITS, dataset_dir, ensure_generated
 

@@ -5,7 +5,7 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
-from ..data.samplers import seed_from
+from .samplers import seed_from
 
 __all__ = ["resolve_base_seed", "IterationSeedHook"]
 

@@ -2,7 +2,7 @@
 
 A :class:`TrainingStream` is what both config systems reduce to: the checked dataset dicts,
 the mapper, the total batch size, the number of loader workers and the sampler plan
-(aspect-ratio groups, repeat factors, random subset; see :mod:`libra_d2.data.samplers`).
+(aspect-ratio groups, repeat factors, random subset; see :mod:`libra_d2.engine.samplers`).
 :func:`build_loader` turns it into the one loader both paths train with: batch k is a pure
 function of (base seed, k), sample p's augmentation RNGs are seeded from (seed, p).
 """
@@ -15,8 +15,8 @@ from detectron2.data.build import trivial_batch_collator
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
-from ..data.checks import DatasetError, check_json_file, sanitize_boxes
-from ..data.samplers import PositionBatchSampler, aspect_groups, random_subset, seed_from, training_plan_from_config
+from .data_checks import DatasetError, check_json_file, sanitize_boxes
+from .samplers import PositionBatchSampler, aspect_groups, random_subset, seed_from, training_plan_from_config
 
 __all__ = ["TrainingStream", "PositionSeededDataset", "build_loader", "checked_dataset_dicts", "stream_from_yacs",
            "stream_from_lazy"]

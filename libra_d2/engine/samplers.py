@@ -34,7 +34,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from .checks import DatasetError
+from .data_checks import DatasetError
 
 __all__ = [
     "SUPPORTED_SAMPLERS", "PositionBatchSampler", "aspect_groups", "category_repeat_factors", "seed_from",

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run a trained libra-d2 (or any detectron2) model on images and save the visualised predictions.
 
-    python tools/demo.py --config-file configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml \\
+    python tools/predict.py --config-file configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml \\
         --input 'datasets/libra_shapes/val/00000*.jpg' --output output/demo_vis \\
         --opts MODEL.WEIGHTS output/demo/model_final.pth
 
@@ -45,7 +45,7 @@ def main(argv=None):
     for pattern in args.input:
         found = sorted(glob.glob(os.path.expanduser(pattern)))
         if not found:
-            sys.exit(f"demo.py: --input {pattern!r} matches no file")
+            sys.exit(f"predict.py: --input {pattern!r} matches no file")
         paths.extend(found)
     written = visualize_files(cfg, build_predictor(cfg), paths, args.output, threshold=args.confidence_threshold)
     print(f"wrote {len(written)} images to {args.output}")
