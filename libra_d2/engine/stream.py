@@ -68,9 +68,17 @@ def build_loader(stream: TrainingStream, seed: int, start_iter: int = 0):
                          f"of processes ({world})")
     sampler = PositionBatchSampler(len(stream.dicts), stream.total_batch_size // world, seed, start=start_iter,
                                    rank=comm.get_rank(), world_size=world, **stream.plan)
+    # Creating an iterator draws the workers' base seed from the loader's generator, or from
+    # the global torch RNG when it has none. detectron2 main creates the trainer's iterator at
+    # the first training step, i.e. after the iteration's reseeding: a draw from the global
+    # RNG there would shift the model's random sampling in that step (in a resumed run, at
+    # another step than in the straight run). Every sample reseeds itself, so the workers'
+    # base seed does not change any batch; it comes from a generator of its own.
+    generator = torch.Generator()
+    generator.manual_seed(seed_from(seed, start_iter, comm.get_rank(), 7))
     return torch.utils.data.DataLoader(PositionSeededDataset(stream.dicts, stream.mapper, seed),
                                        batch_sampler=sampler, num_workers=stream.num_workers,
-                                       collate_fn=trivial_batch_collator)
+                                       collate_fn=trivial_batch_collator, generator=generator)
 
 
 def checked_dataset_dicts(cfg, names):
