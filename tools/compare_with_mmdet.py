@@ -141,7 +141,7 @@ def _priority(n, seed=0):
     return torch.randperm(n, generator=g).double()
 
 
-def _load_converted(checkpoint, trust):
+def _load_converted(checkpoint, trust, reference_matcher=False):
     from detectron2.modeling import build_model
 
     from libra_d2.utils.safe_load import load_checkpoint
@@ -152,6 +152,7 @@ def _load_converted(checkpoint, trust):
     arch, converted, _unused = convert(sd)
     cfg = build_config(arch, sd)
     cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.LIBRA.REFERENCE_MATCHER = bool(reference_matcher)
     return arch, cfg, converted, build_model
 
 
@@ -290,6 +291,8 @@ def main(argv=None):
     ap.add_argument("--neck-tol", type=float, default=1e-4, help="relative tolerance for the neck outputs")
     ap.add_argument("--loss-tol", type=float, default=1e-4, help="relative tolerance per loss term")
     ap.add_argument("--trust-checkpoint", action="store_true", help="unpickle everything in --checkpoint")
+    ap.add_argument("--reference-matcher", action="store_true",
+                    help="libra-d2 side with MODEL.LIBRA.REFERENCE_MATCHER (the reference's low-quality matching)")
     ap.add_argument("-o", "--output", help="report json")
     args = ap.parse_args(argv)
 
@@ -307,7 +310,8 @@ def main(argv=None):
         rgb, boxes, classes = synthetic_image()
         gt = parse_gt(args.gt) if args.gt else {"boxes": boxes, "classes": classes}
     try:
-        arch, cfg, converted, build_model = _load_converted(args.checkpoint, args.trust_checkpoint)
+        arch, cfg, converted, build_model = _load_converted(args.checkpoint, args.trust_checkpoint,
+                                                            args.reference_matcher)
     except UntrustedCheckpointError as e:
         raise SystemExit(f"compare_with_mmdet: {e}") from None
     if args.train_losses and arch != "rcnn":
@@ -318,7 +322,7 @@ def main(argv=None):
     report = {"checkpoint": os.path.abspath(args.checkpoint), "mmdet_config": args.mmdet_config,
               "architecture": "Libra Faster R-CNN" if arch == "rcnn" else "Libra RetinaNet",
               "image_hw": list(rgb.shape[:2]), "image": args.image or "generated (tools/compare_with_mmdet.py)",
-              "torch": torch.__version__}
+              "torch": torch.__version__, "reference_matcher": bool(args.reference_matcher)}
     settings, anchor_info = [], None
     if args.train_losses:
         settings, anchors, anchor_info = loss_settings(cfg, converted, build_model, rgb, gt)

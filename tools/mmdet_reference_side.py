@@ -123,13 +123,22 @@ def init_random(args):
     model = _build(args.config)
     g = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
-        # a freshly initialised classifier scores every class near 1/K (or near the focal
-        # prior): spread its logits so that scores pass the test threshold and differ
+        # A fresh model is too regular to compare on: its classifiers score every class (and
+        # the RPN every anchor) about alike, so rankings are decided by near-ties, and its
+        # zero-initialised tensors (the non-local block's output conv, biases) switch parts
+        # off. Spread the classifiers' logits and give every all-zero tensor small values.
+        # RetinaNet's head convs get He-like weights so that its features do not fade.
         for name, p in model.named_parameters():
-            if name.endswith(("fc_cls.weight", "retina_cls.weight")):
+            if name.endswith(("fc_cls.weight", "retina_cls.weight", "rpn_cls.weight")):
                 p.copy_(torch.randn(p.shape, generator=g) * args.cls_std)
-            elif name.endswith(("fc_cls.bias", "retina_cls.bias")):
+            elif args.reg_std and name.endswith(("fc_reg.weight", "retina_reg.weight", "rpn_reg.weight")):
+                p.copy_(torch.randn(p.shape, generator=g) * args.reg_std)
+            elif name.endswith(("fc_cls.bias", "retina_cls.bias", "rpn_cls.bias")):
                 p.zero_()
+            elif "_convs." in name and name.startswith("bbox_head.") and name.endswith(".weight"):
+                p.copy_(torch.randn(p.shape, generator=g) * (2.0 / p[0].numel()) ** 0.5)
+            elif not bool(p.any()):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.01)
     meta = {"mmdet_version": __import__("mmdet").__version__, "note": "random weights for a parity check",
             "seed": args.seed, "config": os.path.basename(args.config)}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -148,7 +157,10 @@ def main(argv=None):
     i.add_argument("--config", required=True)
     i.add_argument("--out", required=True)
     i.add_argument("--seed", type=int, default=0)
-    i.add_argument("--cls-std", type=float, default=0.05)
+    i.add_argument("--cls-std", type=float, default=0.5, help="std of the classifiers' weights")
+    i.add_argument("--reg-std", type=float, default=0.0,
+                   help="std of the box regressors' weights (0: the config's initialisation); large values "
+                   "push boxes across the image border, where clipping can leave them empty")
     args = ap.parse_args(argv)
     return run(args) if args.cmd == "run" else init_random(args)
 
