@@ -102,7 +102,7 @@ def check_launch(args):
         raise LibraConfigError(
             f"--num-gpus {args.num_gpus} x --num-machines {args.num_machines} on CPU: this detectron2's launch() "
             "hard-codes the NCCL backend, which needs CUDA GPUs, so it cannot start several CPU processes. "
-            "Use --num-gpus 1, or a detectron2 whose launch() falls back to gloo (main; see the README)"
+            "Use --num-gpus 1, or a detectron2 whose launch() falls back to gloo (main; see docs/compatibility.md)"
         )
     if on_cpu and args.num_gpus > 1 and torch.cuda.is_available() and device == "cpu":
         raise LibraConfigError(

@@ -15,7 +15,7 @@ Writes ``OUTPUT`` (a detectron2 checkpoint: ``{"model": ..., "__author__": ...}`
 matching config next to it (``.yaml``): torchvision-style ResNet (``STRIDE_IN_1X1: False``),
 RGB input with the reference's mean/std, 80 COCO classes (background last, as in both
 frameworks), box-coder weights (10, 10, 5, 5) / (1, 1, 1, 1), everything else at
-detectron2's defaults. See the README's mapping table.
+detectron2's defaults. The key mapping table: docs/converter.md.
 """
 import argparse
 import os

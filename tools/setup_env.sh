@@ -57,6 +57,9 @@ fi
 # detectron2: a given source tree; else keep an importable one; else build the Python part of v0.6.
 CONSTRAINTS="$VENV/libra_d2_constraints.txt"
 D2_RECORD="$VENV/libra_d2_detectron2_source"
+# the 0.6 fallback is rebuilt when tools/install_detectron2.py changes (a user's own detectron2 is never touched)
+INSTALLER_ID=$(sha256sum tools/install_detectron2.py | cut -c1-16)
+INSTALLER_RECORD="$VENV/libra_d2_detectron2_installer"
 if [[ -n $D2_SRC ]]; then
   if [[ -f $D2_RECORD && $(cat "$D2_RECORD") == "$D2_ID" ]] && "$PY" -c "import detectron2" >/dev/null 2>&1; then
     say "detectron2: already built from $D2_ID"
@@ -75,14 +78,20 @@ if [[ -n $D2_SRC ]]; then
 elif "$PY" -c "import detectron2" >/dev/null 2>&1 && [[ ! -f $CONSTRAINTS ]]; then
   say "detectron2: keeping the installed $("$PY" -c 'import detectron2; print(detectron2.__version__, "at", detectron2.__path__[0])')"
   : > "$CONSTRAINTS"
-elif [[ -f $CONSTRAINTS ]] && "$PY" -c "import detectron2" >/dev/null 2>&1; then
+elif [[ -f $CONSTRAINTS ]] && "$PY" -c "import detectron2" >/dev/null 2>&1 \
+    && { [[ ! -s $CONSTRAINTS ]] || [[ "$(cat "$INSTALLER_RECORD" 2>/dev/null)" == "$INSTALLER_ID" ]]; }; then
   say "detectron2: already installed by an earlier set-up"
 else
-  say "detectron2: not importable; building the Python part of detectron2 0.6 from the PyPI sdist pb1-detectron2==0.6"
+  if [[ -s $CONSTRAINTS ]] && "$PY" -c "import detectron2" >/dev/null 2>&1; then
+    say "detectron2: the 0.6 fallback in this venv comes from an older tools/install_detectron2.py; reinstalling it"
+  else
+    say "detectron2: not importable; building the Python part of detectron2 0.6 from the PyPI sdist pb1-detectron2==0.6"
+  fi
   say "  (pins numpy<1.24, Pillow<10, setuptools<82 in this venv: detectron2 0.6 needs them)"
   printf 'numpy<1.24\nPillow<10\nsetuptools<82\n' > "$CONSTRAINTS"
   $PIP install -c "$CONSTRAINTS" "numpy<1.24" "Pillow<10" "setuptools>=64,<82" wheel
   "$PY" tools/install_detectron2.py --constraints "$CONSTRAINTS" --workdir "$VENV/src"
+  echo "$INSTALLER_ID" > "$INSTALLER_RECORD"
 fi
 
 say "libra-d2: installing the package in editable mode with its dev extras (fvcore, pycocotools, opencv, pytest, ruff, onnx, onnxruntime)"
