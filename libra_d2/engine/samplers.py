@@ -77,7 +77,10 @@ def aspect_groups(dicts) -> torch.Tensor:
 def category_repeat_factors(dicts, repeat_thresh: float, sqrt: bool = True) -> torch.Tensor:
     """LVIS repeat factors (detectron2's definition): f(c) = fraction of images containing
     category c, r(c) = max(1, t / f(c)) (its square root when ``sqrt``), r(image) = max over
-    its categories (1 for an image without annotations)."""
+    its categories (1 for an image without annotations). Not detectron2's
+    ``repeat_factors_from_category_frequency``: that one returns float32 (this stream's
+    stochastic rounding reads float64 factors; float32 would move every repeat-factor run) and
+    0.6's has no ``sqrt`` switch."""
     freq = defaultdict(int)
     cats = [{a["category_id"] for a in d.get("annotations", [])} for d in dicts]
     for cs in cats:
