@@ -91,6 +91,7 @@ class LibraTrainer(DefaultTrainer):
     def build_optimizer(cls, cfg, model):
         """detectron2's SGD, or AdamW when ``SOLVER.OPTIMIZER`` says so (same parameter groups
         and gradient clipping)."""
+        release_trainer_guards(model)  # the optimizer below honours SOLVER.OPTIMIZER / FUSED_OPTIMIZER
         if cfg.SOLVER.get("OPTIMIZER", "SGD") == "SGD":
             return super().build_optimizer(cfg, model)
         from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping

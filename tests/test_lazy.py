@@ -71,9 +71,11 @@ def test_builtin_lazy_config_trains_evaluates_and_resumes_exactly(shapes_root, t
             "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
             "dataloader.test.dataset.names=libra_shapes_val_mini", "model.roi_heads.batch_size_per_image=64",
             "train.seed=3"]
-    run_train_net(shapes_root, "--config-file", BUILTIN, *opts, f"train.output_dir={out}")
+    proc = run_train_net(shapes_root, "--config-file", BUILTIN, *opts, f"train.output_dir={out}")
     for f in ("config.yaml", "model_0000003.pth", "model_final.pth", "eval_results.json", "last_checkpoint"):
         assert os.path.isfile(os.path.join(out, f)), f
+    # evaluated once at the end (detectron2's EvalHook), as lazyconfig_train_net.py does
+    assert (proc.stdout + proc.stderr).count("Start inference on") == 1
     with open(os.path.join(out, "eval_results.json")) as f:
         assert set(json.load(f)["bbox"]) >= {"AP", "AP50", "AP75"}
 

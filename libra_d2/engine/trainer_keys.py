@@ -5,11 +5,15 @@ trainer would silently ignore them.
 ``LibraTrainer.build_optimizer``; detectron2's own ``DefaultTrainer`` builds SGD whatever
 they say, i.e. it would train the built-in recipe with SGD at AdamW's learning rate. A
 libra-d2 component built from such a config carries a guard: its first forward pass in
-training mode raises :class:`~libra_d2.config.LibraConfigError` naming ``LibraTrainer``,
-unless ``LibraTrainer`` (which honours the keys) built the model and released the guard.
-Inference (eval mode) is never affected.
+training mode with gradients raises :class:`~libra_d2.config.LibraConfigError` naming
+``LibraTrainer``, unless the guard was released: by ``LibraTrainer`` (which builds the
+model), by ``LibraTrainer.build_optimizer`` (which honours the keys, e.g. in a loop of your
+own), or by :func:`release_trainer_guards` (you build the optimizer yourself). Inference and
+loss evaluation under ``torch.no_grad()`` are never affected.
 """
 from typing import List
+
+import torch
 
 from ..config import LibraConfigError
 
@@ -31,12 +35,13 @@ def trainer_only_settings(cfg) -> List[str]:
 
 def _check(module, _inputs):
     settings = getattr(module, _ATTR, None)
-    if module.training and settings:
+    if settings and module.training and torch.is_grad_enabled():
         raise LibraConfigError(
             f"{', '.join(settings)}: only libra_d2.training.LibraTrainer honours this; the trainer running this "
             "model did not build its optimizer from it (detectron2's DefaultTrainer would silently train with SGD "
-            "at this learning rate). Subclass LibraTrainer instead of DefaultTrainer, or set SOLVER.OPTIMIZER SGD "
-            "(and an SGD learning rate) if you build the optimizer yourself"
+            "at this learning rate). Subclass LibraTrainer instead of DefaultTrainer; in a loop of your own, build "
+            "the optimizer with LibraTrainer.build_optimizer(cfg, model), or call "
+            "libra_d2.engine.trainer_keys.release_trainer_guards(model) if you build it yourself"
         )
 
 
@@ -49,7 +54,8 @@ def guard_trainer_only_settings(module, settings: List[str]):
 
 
 def release_trainer_guards(model):
-    """Called by ``LibraTrainer`` on the model it built: the keys are honoured there."""
+    """Mark ``model``'s optimizer as built from these keys (``LibraTrainer`` does it for the
+    model it trains; call it yourself when your own code builds that optimizer)."""
     for m in model.modules():
         if getattr(m, _ATTR, None):
             setattr(m, _ATTR, [])
