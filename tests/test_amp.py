@@ -85,9 +85,8 @@ def test_libra_model_bfloat16_autocast_close_to_float32(libra_cfg, shapes_root, 
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
 
-    from tests.conftest import TINY
-
     from libra_d2.engine.trainer_keys import release_trainer_guards
+    from tests.conftest import TINY
 
     cfg = libra_cfg(config, *TINY)
     torch.manual_seed(0)
