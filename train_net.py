@@ -43,7 +43,6 @@ def setup(args):
     libra_d2.add_libra_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    libra_d2.validate_libra_config(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg

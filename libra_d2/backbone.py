@@ -6,7 +6,7 @@ from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
 from .bfp import BFP
-from .config import LibraConfigError, validate_libra_config
+from .config import require_libra_config
 from .engine.trainer_keys import guard_trainer_only_settings, trainer_only_settings
 
 __all__ = ["BFPFPN", "LastLevelP6P7NoReLU", "build_resnet_bfp_backbone", "build_retinanet_resnet_bfp_backbone"]
@@ -39,26 +39,16 @@ class BFPFPN(FPN):
         return dict(zip(self._out_features, outs))
 
 
-def _bfp_args(cfg, num_levels, names):
-    validate_libra_config(cfg)
-    r = cfg.MODEL.BFP.REFINE_LEVEL
-    if not 0 <= r < num_levels:
-        raise LibraConfigError(
-            f"MODEL.BFP.REFINE_LEVEL = {r} is invalid: allowed 0..{num_levels - 1} "
-            f"(an index into the pyramid levels {', '.join(names)})"
-        )
-    return dict(refine_level=r, refine_type=cfg.MODEL.BFP.REFINE_TYPE)
-
-
-def _num_levels(cfg, extra):
-    return len(cfg.MODEL.FPN.IN_FEATURES) + extra
+def _bfp_args(cfg):
+    """The BFP's arguments from ``MODEL.BFP`` (the BFP constructor checks them)."""
+    require_libra_config(cfg)
+    return dict(refine_level=cfg.MODEL.BFP.REFINE_LEVEL, refine_type=cfg.MODEL.BFP.REFINE_TYPE)
 
 
 @BACKBONE_REGISTRY.register()
 def build_resnet_bfp_backbone(cfg, input_shape):
     """ResNet + FPN (p2..p6 with a max-pooled p6) + BFP. Refine level: MODEL.BFP.REFINE_LEVEL."""
     bottom_up = build_resnet_backbone(cfg, input_shape)
-    names = [f"p{int(f[-1])}" for f in cfg.MODEL.FPN.IN_FEATURES] + ["(max-pool level)"]
     backbone = BFPFPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
@@ -66,7 +56,7 @@ def build_resnet_bfp_backbone(cfg, input_shape):
         norm=cfg.MODEL.FPN.NORM,
         top_block=LastLevelMaxPool(),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-        **_bfp_args(cfg, _num_levels(cfg, 1), names),
+        **_bfp_args(cfg),
     )
     return guard_trainer_only_settings(backbone, trainer_only_settings(cfg))
 
@@ -75,10 +65,10 @@ def build_resnet_bfp_backbone(cfg, input_shape):
 def build_retinanet_resnet_bfp_backbone(cfg, input_shape):
     """ResNet + FPN (p3..p7, P6/P7 from res5) + BFP. Libra RetinaNet uses REFINE_LEVEL 1 (p4).
     ``MODEL.LIBRA.P7_RELU: False`` drops the ReLU between P6 and P7 (the reference's FPN)."""
+    bfp_args = _bfp_args(cfg)
     bottom_up = build_resnet_backbone(cfg, input_shape)
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
     top = LastLevelP6P7 if cfg.MODEL.LIBRA.P7_RELU else LastLevelP6P7NoReLU
-    names = [f"p{int(f[-1])}" for f in cfg.MODEL.FPN.IN_FEATURES] + ["(P6)", "(P7)"]
     backbone = BFPFPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
@@ -86,6 +76,6 @@ def build_retinanet_resnet_bfp_backbone(cfg, input_shape):
         norm=cfg.MODEL.FPN.NORM,
         top_block=top(bottom_up.output_shape()["res5"].channels, out_channels),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-        **_bfp_args(cfg, _num_levels(cfg, 2), names),
+        **bfp_args,
     )
     return guard_trainer_only_settings(backbone, trainer_only_settings(cfg))

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import REFINE_TYPES, LibraConfigError
+from .config import validate_refine_args
 from .onnx_pooling import adaptive_max_pool2d_gather, onnx_exporting
 from .refine import ConvRefine, NonLocal2d
 
@@ -29,16 +29,8 @@ class BFP(nn.Module):
 
     def __init__(self, channels: int, num_levels: int, refine_level: int = 2, refine_type: str = "non_local"):
         super().__init__()
-        if isinstance(refine_level, bool) or not isinstance(refine_level, int) or not 0 <= refine_level < num_levels:
-            raise LibraConfigError(
-                f"BFP(refine_level=...) [config key MODEL.BFP.REFINE_LEVEL] = {refine_level!r} is invalid: "
-                f"allowed 0..{num_levels - 1} (an index into the {num_levels} pyramid levels)"
-            )
-        if refine_type not in REFINE_TYPES:
-            raise LibraConfigError(
-                f"BFP(refine_type=...) [config key MODEL.BFP.REFINE_TYPE] = {refine_type!r} is invalid: "
-                f"allowed one of {', '.join(repr(t) for t in REFINE_TYPES)}"
-            )
+        validate_refine_args("BFP", refine_level, refine_type, num_levels)
+        refine_level = int(refine_level)
         self.channels = channels
         self.num_levels = num_levels
         self.refine_level = refine_level

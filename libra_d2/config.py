@@ -8,8 +8,9 @@ of ``MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE``, ``MODEL.RPN.BBOX_REG_LOSS_TYPE`` a
 from detectron2.config import CfgNode as CN
 
 __all__ = [
-    "add_libra_config", "validate_libra_config", "split_balanced_l1", "LibraConfigError", "check_choice", "check_number",
-    "validate_sampler_args", "validate_balanced_l1_args", "check_neg_pos_ub", "REFINE_TYPES",
+    "add_libra_config", "validate_libra_config", "require_libra_config", "split_balanced_l1", "LibraConfigError",
+    "check_choice", "check_number", "check_neg_pos_ub", "validate_sampler_args", "validate_balanced_l1_args",
+    "validate_refine_args", "validate_min_pos_iou", "REFINE_TYPES",
 ]
 
 POS_SAMPLERS = ("instance_balanced", "random")
@@ -128,22 +129,17 @@ def check_neg_pos_ub(key, value):
         _fail(key, value, "-1 (off) or a value >= 0")
 
 
-def _check_choice(cfg, key, choices):
-    check_choice(key, _get(cfg, key), choices)
-
-
-def _check_number(cfg, key, **kw):
-    check_number(key, _get(cfg, key), **kw)
-
-
 def _arg_key(owner, arg, yacs_key):
-    return f"{owner}({arg}=...) [config key {yacs_key}]"
+    """How an error names a value: the config key alone for a config checked up front
+    (``owner`` None), else the component's argument and the config key it comes from."""
+    return yacs_key if owner is None else f"{owner}({arg}=...) [config key {yacs_key}]"
 
 
 def validate_sampler_args(owner, pos_sampler, neg_sampler, floor_thresh, floor_fraction, num_bins, neg_bin_upper,
                           bg_iou_thresh):
-    """The checks of :func:`validate_libra_config` on the sampler arguments of a component
-    built directly (LazyConfig, Python), with the same messages; ``owner`` names it."""
+    """The box-head sampler's arguments (``MODEL.LIBRA.*_SAMPLER``, ``FLOOR_*``, ``NUM_BINS``,
+    ``NEG_BIN_UPPER``; ``bg_iou_thresh`` is ``ROI_HEADS.IOU_THRESHOLDS[0]``). ``owner`` names
+    the component whose constructor checks them (None: a config checked up front)."""
     k = lambda arg, key: _arg_key(owner, arg, f"MODEL.LIBRA.{key}")  # noqa: E731
     check_choice(k("pos_sampler", "POS_SAMPLER"), pos_sampler, POS_SAMPLERS)
     check_choice(k("neg_sampler", "NEG_SAMPLER"), neg_sampler, NEG_SAMPLERS)
@@ -155,17 +151,38 @@ def validate_sampler_args(owner, pos_sampler, neg_sampler, floor_thresh, floor_f
     check_choice(k("neg_bin_upper", "NEG_BIN_UPPER"), neg_bin_upper, NEG_BIN_UPPERS)
     if neg_bin_upper == "bg_thresh" and bg_iou_thresh <= max(float(floor_thresh), 0.0):
         _fail(k("neg_bin_upper", "NEG_BIN_UPPER"), "bg_thresh",
-              f"only when the background IoU threshold ({bg_iou_thresh}) > the bins' lower edge "
-              f"max(FLOOR_THRESH, 0) ({max(float(floor_thresh), 0.0)})")
+              f"only when the background IoU threshold ROI_HEADS.IOU_THRESHOLDS[0] ({bg_iou_thresh}) > the bins' "
+              f"lower edge max(FLOOR_THRESH, 0) ({max(float(floor_thresh), 0.0)})")
 
 
 def validate_balanced_l1_args(owner, arg, params, yacs_node):
-    """Balanced L1 parameters (dict alpha/gamma/beta, or None) of a directly built component."""
+    """Balanced L1 parameters (dict alpha/gamma/beta, or None: not used), each > 0.
+    ``arg`` is the constructor argument holding the dict (None: ``balanced_l1_<name>``)."""
     if params is None:
         return
     for name in ("alpha", "gamma", "beta"):
         check_number(_arg_key(owner, f"{arg}[{name!r}]" if arg else f"balanced_l1_{name}",
                               f"MODEL.LIBRA.{yacs_node}.{name.upper()}"), params.get(name), lo=0.0, lo_open=True)
+
+
+def validate_refine_args(owner, refine_level, refine_type, num_levels=None):
+    """The Balanced Feature Pyramid's refine level (an index into ``num_levels`` levels; an
+    integer >= 0 when the number is not known yet) and refine type."""
+    key = _arg_key(owner, "refine_level", "MODEL.BFP.REFINE_LEVEL")
+    check_number(key, refine_level, lo=0, integer=True)
+    if num_levels is not None and not refine_level < num_levels:
+        _fail(key, refine_level, f"0..{num_levels - 1} (an index into the {num_levels} pyramid levels)")
+    check_choice(_arg_key(owner, "refine_type", "MODEL.BFP.REFINE_TYPE"), refine_type, REFINE_TYPES)
+
+
+def validate_min_pos_iou(owner, value, yacs_key):
+    """A matcher's minimum IoU for low-quality positives, in [0, 1]."""
+    check_number(_arg_key(owner, "min_low_quality_iou", yacs_key), value, lo=0.0, hi=1.0)
+
+
+def _check_bool(key, value):
+    if not isinstance(value, bool):
+        _fail(key, value, "True or False")
 
 
 def _get(cfg, key):
@@ -180,48 +197,41 @@ def _get(cfg, key):
     return node
 
 
-def validate_libra_config(cfg):
-    """Check every libra-d2 key; raise :class:`LibraConfigError` naming key, value and range.
+def require_libra_config(cfg):
+    """Raise :class:`LibraConfigError` saying to call :func:`add_libra_config` when ``cfg``
+    lacks the libra-d2 keys (what a component's ``from_config`` needs before it reads them)."""
+    for key in ("MODEL.LIBRA", "MODEL.BFP", "SOLVER.OPTIMIZER", "DATALOADER.EXACT_RESUME"):
+        _get(cfg, key)
+    return cfg
 
-    Called when a libra-d2 component is built, and by train_net.py before training.
+
+def validate_libra_config(cfg):
+    """Check every libra-d2 key of a yacs config up front; raise :class:`LibraConfigError`
+    naming key, value and range.
+
+    The model keys go through the same checks the components' constructors run on their
+    arguments (so a config, a LazyConfig and direct Python use fail alike); the rest is what
+    no component reads: the trainer's ``SOLVER`` keys, and whether the component that gets
+    ``"balanced_l1"`` knows it. ``LibraTrainer.build_model`` (and so ``train_net.py``) calls it.
     """
-    _check_choice(cfg, "MODEL.LIBRA.POS_SAMPLER", POS_SAMPLERS)
-    _check_choice(cfg, "MODEL.LIBRA.NEG_SAMPLER", NEG_SAMPLERS)
-    ft = _get(cfg, "MODEL.LIBRA.FLOOR_THRESH")
-    _check_number(cfg, "MODEL.LIBRA.FLOOR_THRESH", lo=-1.0, hi=1.0)
-    if ft != -1 and ft < 0:
-        _fail("MODEL.LIBRA.FLOOR_THRESH", ft, "-1 (no floor set) or a value in [0, 1]")
-    _check_number(cfg, "MODEL.LIBRA.FLOOR_FRACTION", lo=0.0, hi=1.0)
-    _check_number(cfg, "MODEL.LIBRA.NUM_BINS", lo=1, integer=True)
-    _check_choice(cfg, "MODEL.LIBRA.NEG_BIN_UPPER", NEG_BIN_UPPERS)
+    g = lambda key: _get(cfg, key)  # noqa: E731
+    validate_sampler_args(None, g("MODEL.LIBRA.POS_SAMPLER"), g("MODEL.LIBRA.NEG_SAMPLER"),
+                          g("MODEL.LIBRA.FLOOR_THRESH"), g("MODEL.LIBRA.FLOOR_FRACTION"), g("MODEL.LIBRA.NUM_BINS"),
+                          g("MODEL.LIBRA.NEG_BIN_UPPER"), g("MODEL.ROI_HEADS.IOU_THRESHOLDS")[0])
     for node in ("BALANCED_L1", "RPN_BALANCED_L1", "RETINANET_BALANCED_L1"):
-        for p in ("ALPHA", "GAMMA", "BETA"):
-            _check_number(cfg, f"MODEL.LIBRA.{node}.{p}", lo=0.0, lo_open=True)
-    check_neg_pos_ub("MODEL.LIBRA.RPN_NEG_POS_UB", _get(cfg, "MODEL.LIBRA.RPN_NEG_POS_UB"))
-    _check_number(cfg, "MODEL.BFP.REFINE_LEVEL", lo=0, integer=True)
-    _check_choice(cfg, "MODEL.BFP.REFINE_TYPE", REFINE_TYPES)
-    _check_choice(cfg, "SOLVER.OPTIMIZER", OPTIMIZERS)
-    fused = _get(cfg, "SOLVER.FUSED_OPTIMIZER")
-    if not isinstance(fused, bool):
-        _fail("SOLVER.FUSED_OPTIMIZER", fused, "True or False")
-    if fused and _get(cfg, "SOLVER.OPTIMIZER") != "AdamW":
-        _fail("SOLVER.FUSED_OPTIMIZER", fused, "False unless SOLVER.OPTIMIZER is 'AdamW' (the fused kernel is AdamW's)")
+        params = {p.lower(): g(f"MODEL.LIBRA.{node}.{p}") for p in ("ALPHA", "GAMMA", "BETA")}
+        validate_balanced_l1_args(None, None, params, node)
+    check_neg_pos_ub("MODEL.LIBRA.RPN_NEG_POS_UB", g("MODEL.LIBRA.RPN_NEG_POS_UB"))
+    validate_refine_args(None, g("MODEL.BFP.REFINE_LEVEL"), g("MODEL.BFP.REFINE_TYPE"))
     for key in ("MODEL.LIBRA.RPN_MIN_POS_IOU", "MODEL.LIBRA.RETINANET_MIN_POS_IOU"):
-        _check_number(cfg, key, lo=0.0, hi=1.0)
-    for key in ("MODEL.LIBRA.P7_RELU", "MODEL.LIBRA.RETINANET_CLIP_BEFORE_NMS", "MODEL.LIBRA.REFERENCE_MATCHER"):
-        if not isinstance(_get(cfg, key), bool):
-            _fail(key, _get(cfg, key), "True or False")
+        validate_min_pos_iou(None, g(key), key)
+    for key in ("MODEL.LIBRA.P7_RELU", "MODEL.LIBRA.RETINANET_CLIP_BEFORE_NMS", "MODEL.LIBRA.REFERENCE_MATCHER",
+                "SOLVER.FUSED_OPTIMIZER", "DATALOADER.EXACT_RESUME"):
+        _check_bool(key, g(key))
+    check_choice("SOLVER.OPTIMIZER", g("SOLVER.OPTIMIZER"), OPTIMIZERS)
+    if g("SOLVER.FUSED_OPTIMIZER") and g("SOLVER.OPTIMIZER") != "AdamW":
+        _fail("SOLVER.FUSED_OPTIMIZER", True, "False unless SOLVER.OPTIMIZER is 'AdamW' (the fused kernel is AdamW's)")
     _check_balanced_l1_owners(cfg)
-    if cfg.MODEL.LIBRA.NEG_BIN_UPPER == "bg_thresh":
-        bg = cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0]
-        lo = max(float(cfg.MODEL.LIBRA.FLOOR_THRESH), 0.0)
-        if bg <= lo:
-            _fail(
-                "MODEL.LIBRA.NEG_BIN_UPPER",
-                "bg_thresh",
-                f"only when ROI_HEADS.IOU_THRESHOLDS[0] ({bg}) > the bins' lower edge "
-                f"max(FLOOR_THRESH, 0) ({lo})",
-            )
     return cfg
 
 

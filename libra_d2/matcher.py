@@ -3,7 +3,7 @@ for low-quality matches (see docs/semantics.md, "Anchor matching")."""
 import torch
 from detectron2.modeling.matcher import Matcher
 
-from .config import LibraConfigError
+from .config import validate_min_pos_iou
 
 __all__ = ["ReferenceMatcher"]
 
@@ -24,10 +24,8 @@ class ReferenceMatcher(Matcher):
     """
 
     def __init__(self, thresholds, labels, allow_low_quality_matches=True, min_low_quality_iou=0.0):
-        if isinstance(min_low_quality_iou, bool) or not isinstance(min_low_quality_iou, (int, float)) \
-                or not 0.0 <= min_low_quality_iou <= 1.0:
-            raise LibraConfigError(f"ReferenceMatcher(min_low_quality_iou=...) = {min_low_quality_iou!r} is invalid: "
-                                   "allowed a number in [0, 1]")
+        validate_min_pos_iou("ReferenceMatcher", min_low_quality_iou,
+                             "MODEL.LIBRA.RPN_MIN_POS_IOU / RETINANET_MIN_POS_IOU")
         super().__init__(thresholds, labels, allow_low_quality_matches=allow_low_quality_matches)
         self.min_low_quality_iou = float(min_low_quality_iou)
 

@@ -4,7 +4,7 @@ from detectron2.config import configurable
 from detectron2.modeling.meta_arch import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 
-from .config import split_balanced_l1, validate_balanced_l1_args, validate_libra_config
+from .config import require_libra_config, split_balanced_l1, validate_balanced_l1_args
 from .engine.trainer_keys import guard_trainer_only_settings, trainer_only_settings
 from .losses import balanced_l1_loss
 from .matcher import ReferenceMatcher
@@ -43,7 +43,7 @@ class LibraRetinaNet(RetinaNet):
 
     @classmethod
     def from_config(cls, cfg):
-        validate_libra_config(cfg)
+        require_libra_config(cfg)
         parent_cfg, params = split_balanced_l1(cfg, "RETINANET", "RETINANET_BALANCED_L1")
         ret = super().from_config(parent_cfg)
         ret["balanced_l1"] = params

@@ -9,7 +9,7 @@ from detectron2.modeling.sampling import subsample_labels
 from detectron2.structures import Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 
-from .config import validate_libra_config, validate_sampler_args
+from .config import require_libra_config, validate_sampler_args
 from .engine.trainer_keys import guard_trainer_only_settings, trainer_only_settings
 from .fast_rcnn import LibraFastRCNNOutputLayers
 from .sampling import (
@@ -83,7 +83,7 @@ class LibraSamplingMixin:
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        validate_libra_config(cfg)
+        require_libra_config(cfg)
         ret = super().from_config(cfg, input_shape)
         c = cfg.MODEL.LIBRA
         ret.update(

@@ -4,7 +4,7 @@ from detectron2.config import configurable
 from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY
 from detectron2.modeling.proposal_generator.rpn import RPN
 
-from .config import check_neg_pos_ub, split_balanced_l1, validate_balanced_l1_args, validate_libra_config
+from .config import check_neg_pos_ub, require_libra_config, split_balanced_l1, validate_balanced_l1_args
 from .engine.trainer_keys import guard_trainer_only_settings, trainer_only_settings
 from .losses import balanced_l1_loss
 from .matcher import ReferenceMatcher
@@ -60,7 +60,7 @@ class LibraRPN(RPN):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        validate_libra_config(cfg)
+        require_libra_config(cfg)
         parent_cfg, params = split_balanced_l1(cfg, "RPN", "RPN_BALANCED_L1")
         ret = super().from_config(parent_cfg, input_shape)
         ret["neg_pos_ub"] = cfg.MODEL.LIBRA.RPN_NEG_POS_UB

@@ -33,6 +33,7 @@ import torch
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 
+from .config import validate_libra_config
 from .engine import (
     AtomicDetectionCheckpointer,
     IterationSeedHook,
@@ -63,8 +64,11 @@ class LibraTrainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
-        """DefaultTrainer's model; ``SOLVER.OPTIMIZER`` / ``FUSED_OPTIMIZER`` are honoured here,
-        so the components' guard against trainers that ignore them is released."""
+        """DefaultTrainer's model, after the whole config passed
+        :func:`~libra_d2.config.validate_libra_config`; ``SOLVER.OPTIMIZER`` /
+        ``FUSED_OPTIMIZER`` are honoured here, so the components' guard against trainers that
+        ignore them is released."""
+        validate_libra_config(cfg)
         return release_trainer_guards(super().build_model(cfg))
 
     # ----------------------------------------------------------------- data

@@ -3,18 +3,23 @@ from detectron2.modeling import build_model
 
 from libra_d2.config import LibraConfigError, validate_libra_config
 
+# (key, bad value, message of the up-front check, config whose model reads the key)
+RCNN = "builtin/libra_rcnn_R_18_FPN_cpu.yaml"
+RETINA = "builtin/libra_retinanet_R_18_FPN_cpu.yaml"
 BAD = [
-    ("MODEL.LIBRA.FLOOR_FRACTION", 1.5, r"MODEL.LIBRA.FLOOR_FRACTION = 1.5 is invalid: allowed \[0.0, 1.0\]"),
-    ("MODEL.LIBRA.FLOOR_THRESH", -0.5, "MODEL.LIBRA.FLOOR_THRESH = -0.5"),
-    ("MODEL.LIBRA.NUM_BINS", 0, "MODEL.LIBRA.NUM_BINS = 0"),
-    ("MODEL.LIBRA.NEG_SAMPLER", "ohem", "MODEL.LIBRA.NEG_SAMPLER = 'ohem' is invalid: allowed one of 'iou_balanced', 'random'"),
-    ("MODEL.LIBRA.POS_SAMPLER", "balanced", "MODEL.LIBRA.POS_SAMPLER"),
-    ("MODEL.LIBRA.NEG_BIN_UPPER", "one", "MODEL.LIBRA.NEG_BIN_UPPER"),
-    ("MODEL.LIBRA.BALANCED_L1.BETA", 0.0, r"MODEL.LIBRA.BALANCED_L1.BETA = 0.0 is invalid: allowed \(0.0, inf\]"),
-    ("MODEL.LIBRA.BALANCED_L1.ALPHA", -1.0, "MODEL.LIBRA.BALANCED_L1.ALPHA"),
-    ("MODEL.LIBRA.RETINANET_BALANCED_L1.GAMMA", 0.0, "MODEL.LIBRA.RETINANET_BALANCED_L1.GAMMA"),
-    ("MODEL.LIBRA.RPN_NEG_POS_UB", -3.0, "MODEL.LIBRA.RPN_NEG_POS_UB"),
-    ("MODEL.BFP.REFINE_TYPE", "attention", "MODEL.BFP.REFINE_TYPE = 'attention'"),
+    ("MODEL.LIBRA.FLOOR_FRACTION", 1.5, r"MODEL.LIBRA.FLOOR_FRACTION = 1.5 is invalid: allowed \[0.0, 1.0\]", RCNN),
+    ("MODEL.LIBRA.FLOOR_THRESH", -0.5, "MODEL.LIBRA.FLOOR_THRESH = -0.5", RCNN),
+    ("MODEL.LIBRA.NUM_BINS", 0, "MODEL.LIBRA.NUM_BINS = 0", RCNN),
+    ("MODEL.LIBRA.NEG_SAMPLER", "ohem", "MODEL.LIBRA.NEG_SAMPLER = 'ohem' is invalid: allowed one of 'iou_balanced', 'random'",
+     RCNN),
+    ("MODEL.LIBRA.POS_SAMPLER", "balanced", "MODEL.LIBRA.POS_SAMPLER = 'balanced'", RCNN),
+    ("MODEL.LIBRA.NEG_BIN_UPPER", "one", "MODEL.LIBRA.NEG_BIN_UPPER = 'one'", RCNN),
+    ("MODEL.LIBRA.BALANCED_L1.BETA", 0.0, r"MODEL.LIBRA.BALANCED_L1.BETA = 0.0 is invalid: allowed \(0.0, inf\]", RCNN),
+    ("MODEL.LIBRA.BALANCED_L1.ALPHA", -1.0, "MODEL.LIBRA.BALANCED_L1.ALPHA = -1.0", RCNN),
+    ("MODEL.LIBRA.RETINANET_BALANCED_L1.GAMMA", 0.0, "MODEL.LIBRA.RETINANET_BALANCED_L1.GAMMA = 0.0", RETINA),
+    ("MODEL.LIBRA.RPN_NEG_POS_UB", -3.0, "MODEL.LIBRA.RPN_NEG_POS_UB = -3.0", RCNN),
+    ("MODEL.BFP.REFINE_TYPE", "attention", "MODEL.BFP.REFINE_TYPE = 'attention'", RCNN),
+    ("MODEL.BFP.REFINE_LEVEL", -1, r"MODEL.BFP.REFINE_LEVEL = -1 is invalid: allowed \[0, inf\]", RCNN),
 ]
 
 
@@ -24,16 +29,22 @@ def test_defaults_are_valid(libra_cfg):
     assert cfg.MODEL.LIBRA.NUM_BINS == 3 and cfg.MODEL.BFP.REFINE_LEVEL == 2
 
 
-@pytest.mark.parametrize("key,value,message", BAD)
-def test_bad_values_name_key_value_and_range(libra_cfg, key, value, message):
-    cfg = libra_cfg("Base-Libra-RCNN-FPN.yaml", key, value, "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64)
+@pytest.mark.parametrize("key,value,message,config", BAD)
+def test_bad_values_name_key_value_and_range(libra_cfg, key, value, message, config):
+    """The up-front check names the key; building the model (what a script of one's own
+    does) fails in the constructor that reads the value, naming its argument and the key."""
+    cfg = libra_cfg(config, key, value)
     with pytest.raises(LibraConfigError, match=message):
+        validate_libra_config(cfg)
+    in_constructor = r"\([^)]+=\.\.\.\) \[config key " + message.replace(" = ", r"\] = ", 1)
+    with pytest.raises(LibraConfigError, match=in_constructor):
         build_model(cfg)
 
 
 def test_refine_level_outside_pyramid(libra_cfg):
     cfg = libra_cfg("Base-Libra-RCNN-FPN.yaml", "MODEL.BFP.REFINE_LEVEL", 5)
-    with pytest.raises(LibraConfigError, match=r"MODEL.BFP.REFINE_LEVEL = 5 is invalid: allowed 0..4"):
+    validate_libra_config(cfg)  # the number of levels is the backbone's to know
+    with pytest.raises(LibraConfigError, match=r"MODEL.BFP.REFINE_LEVEL\] = 5 is invalid: allowed 0..4"):
         build_model(cfg)
 
 

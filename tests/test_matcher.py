@@ -4,7 +4,7 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.modeling.matcher import Matcher
 
-from libra_d2.config import LibraConfigError
+from libra_d2.config import LibraConfigError, validate_libra_config
 from libra_d2.matcher import ReferenceMatcher
 
 
@@ -73,7 +73,11 @@ def test_reference_matcher_config_switch_and_bad_value(libra_cfg):
     assert isinstance(m, ReferenceMatcher) and m.min_low_quality_iou == 0.3
     retina = build_model(libra_cfg("builtin/libra_retinanet_R_18_FPN_cpu.yaml", "MODEL.LIBRA.REFERENCE_MATCHER", True))
     assert isinstance(retina.anchor_matcher, ReferenceMatcher) and retina.anchor_matcher.min_low_quality_iou == 0.0
-    with pytest.raises(LibraConfigError, match="MODEL.LIBRA.RPN_MIN_POS_IOU"):
-        build_model(libra_cfg("builtin/libra_rcnn_R_18_FPN_cpu.yaml", "MODEL.LIBRA.RPN_MIN_POS_IOU", 1.5))
+    bad = libra_cfg("builtin/libra_rcnn_R_18_FPN_cpu.yaml", "MODEL.LIBRA.RPN_MIN_POS_IOU", 1.5)
+    with pytest.raises(LibraConfigError, match="MODEL.LIBRA.RPN_MIN_POS_IOU = 1.5 is invalid"):
+        validate_libra_config(bad)  # the up-front check, matcher on or off
+    bad.MODEL.LIBRA.REFERENCE_MATCHER = True
+    with pytest.raises(LibraConfigError, match=r"ReferenceMatcher\(min_low_quality_iou=...\) \[config key MODEL.LIBRA.RPN_MIN_POS_IOU"):
+        build_model(bad)
     with pytest.raises(LibraConfigError, match="min_low_quality_iou"):
         ReferenceMatcher([0.3, 0.7], [0, -1, 1], min_low_quality_iou=-0.1)
