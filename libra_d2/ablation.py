@@ -13,11 +13,22 @@ import os
 import statistics
 
 __all__ = [
-    "METRICS", "Variant", "PRESETS", "preset_plan", "t_quantile", "summarize_metric",
-    "paired_difference", "verdict", "build_report", "report_markdown", "run_status",
+    "METRICS", "AR_METRICS", "METRICS_BY_TASK", "primary_task", "Variant", "PRESETS", "preset_plan", "t_quantile", "summarize_metric",
+    "VARIANT_PRESETS", "PRESET_NAMES", "paired_difference", "verdict", "build_report", "report_markdown", "run_status",
 ]
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# COCOEvaluator's proposal recall ("box_proposals": ProposalNetwork models)
+AR_METRICS = ("AR@100", "AR@1000", "ARs@100", "ARm@100", "ARl@100", "ARs@1000", "ARm@1000", "ARl@1000")
+METRICS_BY_TASK = {"bbox": METRICS, "segm": METRICS, "keypoints": METRICS, "box_proposals": AR_METRICS}
+
+
+def primary_task(tasks):
+    """The task an ablation reports first: box AP when evaluated, else proposal recall."""
+    for t in ("bbox", "box_proposals"):
+        if t in tasks:
+            return t
+    return sorted(tasks)[0] if tasks else "bbox"
 
 
 class Variant:
@@ -72,11 +83,39 @@ PRESETS["builtin-fast"] = [("fast_", "configs/builtin/fast_rcnn_R_18_FPN_cpu.yam
 PRESETS["builtin-heads"] = PRESETS["builtin-cascade"] + PRESETS["builtin-mask"] + PRESETS["builtin-fast"]
 
 
+# Presets of explicit variants, each compared with the first (the sampler registry and Libra
+# RPN): name -> [(variant, config, options)]
+VARIANT_PRESETS = {
+    "builtin-sampling": [
+        ("baseline", "configs/builtin/faster_rcnn_R_18_FPN_cpu.yaml", []),
+        ("sampling", "configs/builtin/faster_rcnn_R_18_FPN_cpu.yaml", _RCNN_SWITCHES["sampling"]),
+        ("ohem", "configs/builtin/ohem_faster_rcnn_R_18_FPN_cpu.yaml", []),
+    ],
+    "builtin-rpn": [
+        ("rpn_baseline", "configs/builtin/rpn_R_18_FPN_cpu.yaml", []),
+        ("libra_rpn", "configs/builtin/libra_rpn_R_18_FPN_cpu.yaml", []),
+    ],
+    "coco-sampling": [
+        ("baseline", "configs/COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml", []),
+        ("sampling", "configs/COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml", _RCNN_SWITCHES["sampling"]),
+        ("ohem", "configs/COCO-Detection/ohem_faster_rcnn_R_50_FPN_1x.yaml", []),
+    ],
+    "coco-rpn": [
+        ("rpn_baseline", "configs/COCO-Detection/rpn_R_50_FPN_1x.yaml", []),
+        ("libra_rpn", "configs/COCO-Detection/libra_rpn_R_50_FPN_1x.yaml", []),
+    ],
+}
+PRESET_NAMES = tuple(sorted(set(PRESETS) | set(VARIANT_PRESETS)))
+
+
 def preset_plan(name, components=True):
     """Variants of a preset: per group ``<prefix>baseline``, ``<prefix>libra`` (compared with
     that baseline) and, if ``components``, one ``<prefix><switch>`` per component switch."""
+    if name in VARIANT_PRESETS:
+        first = VARIANT_PRESETS[name][0][0]
+        return [Variant(v, cfg, opts, baseline=None if v == first else first) for v, cfg, opts in VARIANT_PRESETS[name]]
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(sorted(PRESETS))}")
+        raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESET_NAMES)}")
     out = []
     for prefix, base, libra, switches in PRESETS[name]:
         b = f"{prefix}baseline"
@@ -153,23 +192,26 @@ def load_metrics_by_task(output_dir):
     """``{task: metrics}`` for every task a finished run evaluated (``bbox``, ``segm``, ...)."""
     with open(os.path.join(output_dir, "eval_results.json")) as f:
         res = json.load(f)
-    return {t: {k: v[k] for k in METRICS if k in v} for t, v in sorted(res.items()) if isinstance(v, dict)}
+    return {t: {k: v[k] for k in METRICS_BY_TASK.get(t, METRICS) if k in v}
+            for t, v in sorted(res.items()) if isinstance(v, dict)}
 
 
-def build_report(runs, baseline, confidence=0.95):
+def build_report(runs, baseline, confidence=0.95, task="bbox"):
     """``runs``: list of dicts with at least name, seed, metrics (dict or None).
     ``baseline``: the name every other variant is compared with, or a dict variant name ->
     its baseline's name (None for baselines themselves).
 
     Returns ``{"configs": {name: {metric: summary}}, "differences": {name: {metric: diff +
-    verdict, "baseline": name}}, "baseline": baseline}``; differences are paired by seed."""
+    verdict, "baseline": name}}, "baseline": baseline, "task": task, "metrics": [...]}``;
+    differences are paired by seed; the metrics are ``METRICS_BY_TASK[task]``."""
+    metrics = METRICS_BY_TASK.get(task, METRICS)
     by_name = {}
     for r in runs:
         if r.get("metrics"):
             by_name.setdefault(r["name"], {})[r["seed"]] = r["metrics"]
     configs, diffs = {}, {}
     for name, per_seed in by_name.items():
-        configs[name] = {m: summarize_metric([v.get(m) for v in per_seed.values()]) for m in METRICS}
+        configs[name] = {m: summarize_metric([v.get(m) for v in per_seed.values()]) for m in metrics}
         configs[name]["seeds"] = sorted(per_seed)
     for name, per_seed in by_name.items():
         ref = baseline.get(name) if isinstance(baseline, dict) else (None if name == baseline else baseline)
@@ -177,12 +219,13 @@ def build_report(runs, baseline, confidence=0.95):
             continue
         base = by_name.get(ref, {})
         diffs[name] = {"baseline": ref}
-        for m in METRICS:
+        for m in metrics:
             d = paired_difference({s: v.get(m) for s, v in per_seed.items()}, {s: v.get(m) for s, v in base.items()},
                                   confidence)
             d["verdict"] = verdict(d)
             diffs[name][m] = d
-    return {"baseline": baseline, "confidence": confidence, "configs": configs, "differences": diffs}
+    return {"baseline": baseline, "confidence": confidence, "configs": configs, "differences": diffs, "task": task,
+            "metrics": list(metrics)}
 
 
 def _fmt(s):
@@ -191,24 +234,28 @@ def _fmt(s):
     return f"{s['mean']:.2f}" + (f" ± {s['std']:.2f}" if s["std"] is not None else "")
 
 
-def report_markdown(report, title="Ablation", task="bbox"):
-    what = {"bbox": "COCO box AP", "segm": "COCO mask AP"}.get(task, f"COCO {task} AP")
+def report_markdown(report, title="Ablation", task=None):
+    task = task or report.get("task", "bbox")
+    metrics = report.get("metrics") or list(METRICS_BY_TASK.get(task, METRICS))
+    m0, m1, m2 = metrics[0], metrics[1], metrics[2]
+    what = {"bbox": "COCO box AP", "segm": "COCO mask AP",
+            "box_proposals": "COCO proposal recall"}.get(task, f"COCO {task} AP")
     lines = [f"# {title}", "", f"Per configuration: mean ± sample standard deviation over seeds ({what}).", ""]
-    lines.append("| config | seeds | " + " | ".join(METRICS) + " |")
-    lines.append("|---|---|" + "---|" * len(METRICS))
+    lines.append("| config | seeds | " + " | ".join(metrics) + " |")
+    lines.append("|---|---|" + "---|" * len(metrics))
     for name, summ in report["configs"].items():
-        lines.append(f"| {name} | {len(summ['seeds'])} | " + " | ".join(_fmt(summ[m]) for m in METRICS) + " |")
+        lines.append(f"| {name} | {len(summ['seeds'])} | " + " | ".join(_fmt(summ[m]) for m in metrics) + " |")
     conf = int(round(report["confidence"] * 100))
-    lines += ["", f"Paired by seed against its baseline: mean difference in AP with its {conf}% "
+    lines += ["", f"Paired by seed against its baseline: mean difference in {m0} with its {conf}% "
               "confidence interval (Student t over seed pairs), and the verdict.", ""]
-    lines.append("| config | vs | pairs | ΔAP | CI | ΔAP50 | ΔAP75 | verdict (AP) |")
+    lines.append(f"| config | vs | pairs | Δ{m0} | CI | Δ{m1} | Δ{m2} | verdict ({m0}) |")
     lines.append("|---|---|---|---|---|---|---|---|")
     for name, d in report["differences"].items():
-        ap = d["AP"]
+        ap = d[m0]
         ci = f"[{ap['ci'][0]:+.2f}, {ap['ci'][1]:+.2f}]" if ap["ci"] else "n/a"
 
         def mean(m):
             return "n/a" if d[m]["mean"] is None else f"{d[m]['mean']:+.2f}"
 
-        lines.append(f"| {name} | {d['baseline']} | {ap['n']} | {mean('AP')} | {ci} | {mean('AP50')} | {mean('AP75')} | {ap['verdict']} |")
+        lines.append(f"| {name} | {d['baseline']} | {ap['n']} | {mean(m0)} | {ci} | {mean(m1)} | {mean(m2)} | {ap['verdict']} |")
     return "\n".join(lines) + "\n"

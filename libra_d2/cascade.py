@@ -17,7 +17,7 @@ class LibraCascadeROIHeads(LibraSamplingMixin, CascadeROIHeads):
       proposals, the later stages re-label the previous stage's boxes without sampling):
       that sample is :class:`~libra_d2.roi_heads.LibraSamplingMixin`'s (``MODEL.LIBRA.POS_SAMPLER`` / ``NEG_SAMPLER``
       and the bin keys; background threshold = ``ROI_BOX_CASCADE_HEAD.IOUS[0]``), with the
-      same ``libra/*`` statistics.
+      same ``libra/*`` statistics; loss-based samplers ("ohem") score with the first stage.
     * Every stage's predictor is a :class:`LibraFastRCNNOutputLayers` with that stage's
       ``BBOX_REG_WEIGHTS``, so ``ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE: balanced_l1`` applies to
       all stages (parameters ``MODEL.LIBRA.BALANCED_L1``); other loss types are detectron2's.
@@ -28,6 +28,10 @@ class LibraCascadeROIHeads(LibraSamplingMixin, CascadeROIHeads):
     @classmethod
     def background_iou_thresh(cls, cfg) -> float:
         return cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS[0]
+
+    def _sampling_box_head(self):
+        # the sample feeds the first stage: loss-based samplers score with its head
+        return self.box_head[0], self.box_predictor[0]
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):

@@ -13,8 +13,6 @@ __all__ = [
     "validate_refine_args", "validate_min_pos_iou", "REFINE_TYPES",
 ]
 
-POS_SAMPLERS = ("instance_balanced", "random")
-NEG_SAMPLERS = ("iou_balanced", "random")
 NEG_BIN_UPPERS = ("max_iou", "bg_thresh")
 REFINE_TYPES = ("non_local", "conv", "none")
 OPTIMIZERS = ("SGD", "AdamW")
@@ -28,10 +26,12 @@ def add_libra_config(cfg):
     """Add every libra-d2 key with its default to ``cfg`` (a detectron2 CfgNode), in place."""
     _C = cfg
     _C.MODEL.LIBRA = CN()
-    # Positive sampler of the box head: "instance_balanced" (equal quota per ground-truth
-    # box) or "random" (detectron2's uniform sampling).
+    # Positive sampler of the box head, by name in libra_d2.roi_samplers.ROI_SAMPLER_REGISTRY:
+    # "instance_balanced" (equal quota per ground-truth box), "random" (detectron2's uniform
+    # sampling), "ohem" (highest classification loss), or one registered by the user.
     _C.MODEL.LIBRA.POS_SAMPLER = "instance_balanced"
-    # Negative sampler of the box head: "iou_balanced" (equal quota per IoU bin) or "random".
+    # Negative sampler of the box head: "iou_balanced" (equal quota per IoU bin), "random",
+    # "ohem", or one registered by the user.
     _C.MODEL.LIBRA.NEG_SAMPLER = "iou_balanced"
     # Negatives with max IoU below this value form the "floor" set, sampled apart.
     # -1: no floor set, the bins start at 0. 0: IoU == 0 negatives are the floor set.
@@ -141,8 +141,10 @@ def validate_sampler_args(owner, pos_sampler, neg_sampler, floor_thresh, floor_f
     ``NEG_BIN_UPPER``; ``bg_iou_thresh`` is ``ROI_HEADS.IOU_THRESHOLDS[0]``). ``owner`` names
     the component whose constructor checks them (None: a config checked up front)."""
     k = lambda arg, key: _arg_key(owner, arg, f"MODEL.LIBRA.{key}")  # noqa: E731
-    check_choice(k("pos_sampler", "POS_SAMPLER"), pos_sampler, POS_SAMPLERS)
-    check_choice(k("neg_sampler", "NEG_SAMPLER"), neg_sampler, NEG_SAMPLERS)
+    from .roi_samplers import registered_samplers  # the registry is the list of allowed names
+
+    check_choice(k("pos_sampler", "POS_SAMPLER"), pos_sampler, registered_samplers("positive"))
+    check_choice(k("neg_sampler", "NEG_SAMPLER"), neg_sampler, registered_samplers("negative"))
     check_number(k("floor_thresh", "FLOOR_THRESH"), floor_thresh, lo=-1.0, hi=1.0)
     if floor_thresh != -1 and floor_thresh < 0:
         _fail(k("floor_thresh", "FLOOR_THRESH"), floor_thresh, "-1 (no floor set) or a value in [0, 1]")

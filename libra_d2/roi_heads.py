@@ -2,6 +2,7 @@
 from typing import List
 
 import torch
+import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling.proposal_generator.proposal_utils import add_ground_truth_to_proposals
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
@@ -12,13 +13,7 @@ from detectron2.utils.events import get_event_storage
 from .config import require_libra_config, validate_sampler_args
 from .engine.trainer_keys import guard_trainer_only_settings, trainer_only_settings
 from .fast_rcnn import LibraFastRCNNOutputLayers
-from .sampling import (
-    instance_balanced_positives_mask,
-    iou_balanced_negatives_select,
-    random_subset_mask,
-    sample_instance_balanced_positives,
-    sample_iou_balanced_negatives,
-)
+from .roi_samplers import SamplingContext, get_roi_sampler, sampler_needs_losses
 
 __all__ = ["LibraROIHeads", "LibraSamplingMixin"]
 
@@ -31,14 +26,18 @@ class LibraSamplingMixin:
     ``PROPOSAL_APPEND_GT``); the numbers of positives and negatives are detectron2's
     ``subsample_labels`` counts; only *which* proposals are taken changes:
 
-    * positives: ``pos_sampler`` (``MODEL.LIBRA.POS_SAMPLER``) "instance_balanced" or "random";
-    * negatives: ``neg_sampler`` (``MODEL.LIBRA.NEG_SAMPLER``) "iou_balanced" or "random", with
-      ``floor_thresh``, ``floor_fraction``, ``num_bins`` and ``neg_bin_upper`` (the
-      ``MODEL.LIBRA`` keys of the same names; ``bg_iou_thresh`` is the host's background
-      threshold). Semantics: docs/semantics.md.
+    * positives: ``pos_sampler`` (``MODEL.LIBRA.POS_SAMPLER``): "instance_balanced", "random",
+      "ohem" or any name registered in :data:`~libra_d2.roi_samplers.ROI_SAMPLER_REGISTRY`;
+    * negatives: ``neg_sampler`` (``MODEL.LIBRA.NEG_SAMPLER``): "iou_balanced", "random",
+      "ohem" or a registered name; the IoU-balanced sampler reads ``floor_thresh``,
+      ``floor_fraction``, ``num_bins`` and ``neg_bin_upper`` (the ``MODEL.LIBRA`` keys of the
+      same names; ``bg_iou_thresh`` is the host's background threshold). Semantics:
+      docs/semantics.md.
 
-    With both "random" the sample is detectron2's own ``subsample_labels``. The constructor
-    validates every argument (yacs, LazyConfig and direct Python use alike).
+    With both "random" the sample is detectron2's own ``subsample_labels``. A sampler with
+    ``needs_losses`` ("ohem") makes the head score every proposal of the image with its box
+    classifier under ``no_grad`` before sampling; the box head then trains on the sample only.
+    The constructor validates every argument (yacs, LazyConfig and direct Python use alike).
 
     Per iteration it writes to the EventStorage: ``libra/neg_iou_mean`` (mean max-IoU of the
     sampled negatives) and ``libra/neg_share_bin{i}`` (share of sampled negatives in each of
@@ -74,6 +73,9 @@ class LibraSamplingMixin:
         self.num_bins = int(num_bins)
         self.neg_bin_upper = neg_bin_upper
         self.bg_iou_thresh = float(bg_iou_thresh)
+        self._pos_sampler_fn = get_roi_sampler(pos_sampler, "positive")
+        self._neg_sampler_fn = get_roi_sampler(neg_sampler, "negative")
+        self._features_for_sampling = None
         guard_trainer_only_settings(self, list(trainer_only_settings))
 
     @classmethod
@@ -98,42 +100,49 @@ class LibraSamplingMixin:
         )
         return ret
 
-    def _sample_balanced(self, matched_idxs, gt_classes, max_iou):
-        """bool[N] mask of the proposals to train on (positives and negatives)."""
-        positive = (gt_classes != -1) & (gt_classes != self.num_classes)
-        negative = gt_classes == self.num_classes
-        pos_cap = int(self.batch_size_per_image * self.positive_fraction)
-        kw = dict(
-            num_bins=self.num_bins,
-            floor_thresh=self.floor_thresh,
-            floor_fraction=self.floor_fraction,
-            upper=None if self.neg_bin_upper == "max_iou" else self.bg_iou_thresh,
+    def _sampling_context(self, matched_idxs, gt_classes, max_iou, losses=None):
+        on_cpu = self.sampler_method == "numpy" or (self.sampler_method == "auto" and max_iou.device.type == "cpu")
+        return SamplingContext(
+            matched_idxs=matched_idxs, gt_classes=gt_classes, max_iou=max_iou, num_classes=self.num_classes,
+            batch_size=self.batch_size_per_image, losses=losses, on_cpu=on_cpu, num_bins=self.num_bins,
+            floor_thresh=self.floor_thresh, floor_fraction=self.floor_fraction,
+            bin_upper=None if self.neg_bin_upper == "max_iou" else self.bg_iou_thresh,
         )
-        if self.sampler_method == "numpy" or (self.sampler_method == "auto" and max_iou.device.type == "cpu"):
-            # CPU: nothing to synchronise with; compact numpy paths
-            mask = torch.zeros_like(positive)
-            if self.pos_sampler == "instance_balanced":
-                mask[sample_instance_balanced_positives(matched_idxs, positive, pos_cap)] = True
-            else:
-                mask |= random_subset_mask(positive, pos_cap)
-            num_neg = self.batch_size_per_image - int(mask.sum())
-            if self.neg_sampler == "iou_balanced":
-                mask[sample_iou_balanced_negatives(max_iou, negative, num_neg, **kw)] = True
-            else:
-                mask |= random_subset_mask(negative, num_neg)
-            return mask
-        # accelerators: sync-free paths, counts stay on the device
-        if self.pos_sampler == "instance_balanced":
-            pos_mask = instance_balanced_positives_mask(matched_idxs, positive, pos_cap)
-        else:
-            pos_mask = random_subset_mask(positive, pos_cap)
-        num_neg = self.batch_size_per_image - pos_mask.sum()
-        if self.neg_sampler != "iou_balanced":
-            return pos_mask | random_subset_mask(negative, num_neg)
-        idx, keep = iou_balanced_negatives_select(max_iou, negative, num_neg, max_num=self.batch_size_per_image, **kw)
-        # pos_mask | (negatives picked); duplicate entries of idx carry keep=False
-        marked = pos_mask.to(torch.int32).index_put_((idx,), keep.to(torch.int32), accumulate=True)
-        return marked > 0
+
+    def _sample(self, ctx: SamplingContext) -> torch.Tensor:
+        """bool[N] mask of the proposals to train on: positives first (detectron2's cap), then
+        negatives up to the batch size."""
+        positive = (ctx.gt_classes != -1) & (ctx.gt_classes != self.num_classes)
+        negative = ctx.gt_classes == self.num_classes
+        pos_mask = self._pos_sampler_fn(ctx, positive, int(self.batch_size_per_image * self.positive_fraction))
+        taken = int(pos_mask.sum()) if ctx.on_cpu else pos_mask.sum()  # a tensor on accelerators: no sync
+        return pos_mask | self._neg_sampler_fn(ctx, negative, self.batch_size_per_image - taken)
+
+    def _needs_losses(self) -> bool:
+        return sampler_needs_losses(self._pos_sampler_fn) or sampler_needs_losses(self._neg_sampler_fn)
+
+    def _sampling_box_head(self):
+        """(box head, box predictor) that score the proposals for loss-based samplers."""
+        return self.box_head, self.box_predictor
+
+    @torch.no_grad()
+    def _classification_losses(self, features, proposals: List[Instances], gt_classes: List[torch.Tensor]):
+        """Per-proposal classification loss (softmax cross-entropy of the box predictor's
+        scores; ignored proposals get 0) of every proposal of every image, under ``no_grad``."""
+        head, predictor = self._sampling_box_head()
+        x = self.box_pooler([features[f] for f in self.box_in_features], [p.proposal_boxes for p in proposals])
+        scores = predictor(head(x))[0]
+        labels = torch.cat(gt_classes)
+        losses = F.cross_entropy(scores, labels.clamp(min=0), reduction="none").masked_fill(labels < 0, 0.0)
+        return losses.split([len(p) for p in proposals])
+
+    def forward(self, images, features, proposals, targets=None):
+        # loss-based samplers score the proposals with the box head: they need the features
+        self._features_for_sampling = features if self.training and self._needs_losses() else None
+        try:
+            return super().forward(images, features, proposals, targets)
+        finally:
+            self._features_for_sampling = None
 
     @torch.no_grad()
     def label_and_sample_proposals(self, proposals: List[Instances], targets: List[Instances]) -> List[Instances]:
@@ -146,7 +155,7 @@ class LibraSamplingMixin:
         if self.proposal_append_gt:
             proposals = add_ground_truth_to_proposals(targets, proposals)
         uniform = self.pos_sampler == "random" and self.neg_sampler == "random"
-        out, stats_iou, stats_fg = [], [], []
+        matched = []
         for props, tgts in zip(proposals, targets):
             has_gt = len(tgts) > 0
             iou = pairwise_iou(tgts.gt_boxes, props.proposal_boxes)  # G x N (0 x N without gt)
@@ -159,11 +168,22 @@ class LibraSamplingMixin:
             else:
                 gt_classes = torch.full_like(matched_idxs, self.num_classes)
                 max_iou = torch.zeros(len(props), device=iou.device)
+            matched.append((matched_idxs, gt_classes, max_iou))
+        losses = [None] * len(proposals)
+        if not uniform and self._needs_losses():
+            if getattr(self, "_features_for_sampling", None) is None:
+                raise RuntimeError(f"{type(self).__name__}: a loss-based sampler ({self.pos_sampler!r} / "
+                                   f"{self.neg_sampler!r}) samples inside forward(), where the features are known")
+            losses = self._classification_losses(self._features_for_sampling, proposals, [m[1] for m in matched])
+        out, stats_iou, stats_fg = [], [], []
+        for props, tgts, (matched_idxs, gt_classes, max_iou), loss in zip(proposals, targets, matched, losses):
+            has_gt = len(tgts) > 0
             if uniform:
                 fg, bg = subsample_labels(gt_classes, self.batch_size_per_image, self.positive_fraction, self.num_classes)
                 sampled = torch.cat([fg, bg])
             else:
-                sampled = torch.nonzero(self._sample_balanced(matched_idxs, gt_classes, max_iou)).squeeze(1)
+                mask = self._sample(self._sampling_context(matched_idxs, gt_classes, max_iou, loss))
+                sampled = torch.nonzero(mask).squeeze(1)
             props = props[sampled]
             props.gt_classes = gt_classes[sampled]
             if has_gt:

@@ -48,6 +48,7 @@ __all__ = [
     "iou_balanced_negatives_select",
     "instance_balanced_positives_mask",
     "random_subset_mask",
+    "top_loss_mask",
 ]
 
 Num = Union[int, torch.Tensor]
@@ -77,6 +78,18 @@ def random_subset_mask(candidates: torch.Tensor, num: Num, generator=None) -> to
     c = candidates[perm]
     rank = torch.cumsum(c, 0)  # 1-based rank among members
     return _scatter_back(perm, c & (rank <= num))
+
+
+def top_loss_mask(losses: torch.Tensor, candidates: torch.Tensor, num: Num) -> torch.Tensor:
+    """bool[N]: the ``min(num, #candidates)`` candidates with the highest ``losses`` (online
+    hard example mining). Ties go to the lower index (a stable descending sort), so the
+    selection is deterministic; it draws no random numbers."""
+    _check_1d("losses", losses, candidates.numel())
+    key = torch.where(candidates, losses.detach().float(), torch.full_like(losses, float("-inf"), dtype=torch.float))
+    order = torch.sort(key, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device)
+    return candidates & (rank < num)
 
 
 def instance_balanced_positives_mask(

@@ -10,7 +10,7 @@ BAD = [
     ("MODEL.LIBRA.FLOOR_FRACTION", 1.5, r"MODEL.LIBRA.FLOOR_FRACTION = 1.5 is invalid: allowed \[0.0, 1.0\]", RCNN),
     ("MODEL.LIBRA.FLOOR_THRESH", -0.5, "MODEL.LIBRA.FLOOR_THRESH = -0.5", RCNN),
     ("MODEL.LIBRA.NUM_BINS", 0, "MODEL.LIBRA.NUM_BINS = 0", RCNN),
-    ("MODEL.LIBRA.NEG_SAMPLER", "ohem", "MODEL.LIBRA.NEG_SAMPLER = 'ohem' is invalid: allowed one of 'iou_balanced', 'random'",
+    ("MODEL.LIBRA.NEG_SAMPLER", "hardest", "MODEL.LIBRA.NEG_SAMPLER = 'hardest' is invalid: allowed one of 'iou_balanced', 'ohem', 'random'",
      RCNN),
     ("MODEL.LIBRA.POS_SAMPLER", "balanced", "MODEL.LIBRA.POS_SAMPLER = 'balanced'", RCNN),
     ("MODEL.LIBRA.NEG_BIN_UPPER", "one", "MODEL.LIBRA.NEG_BIN_UPPER = 'one'", RCNN),

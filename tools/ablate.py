@@ -35,11 +35,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from libra_d2.ablation import (  # noqa: E402
-    PRESETS,
+    PRESET_NAMES,
     Variant,
     build_report,
     load_metrics_by_task,
     preset_plan,
+    primary_task,
     report_markdown,
     run_status,
 )
@@ -47,9 +48,10 @@ from libra_d2.ablation import (  # noqa: E402
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=sorted(PRESETS), metavar="PRESET",
-                    help="one of: " + ", ".join(sorted(PRESETS)) + " (builtin = builtin-rcnn + builtin-retinanet; "
-                    "builtin-heads = builtin-cascade + builtin-mask + builtin-fast)")
+    ap.add_argument("--preset", choices=PRESET_NAMES, metavar="PRESET",
+                    help="one of: " + ", ".join(PRESET_NAMES) + " (builtin = builtin-rcnn + builtin-retinanet; "
+                    "builtin-heads = builtin-cascade + builtin-mask + builtin-fast; *-sampling: Faster R-CNN vs "
+                    "Libra sampling vs OHEM; *-rpn: RPN vs Libra RPN by proposal recall)")
     ap.add_argument("--no-components", action="store_true", help="with --preset: only baseline and full Libra")
     ap.add_argument("--config", action="append", default=[], metavar="NAME=PATH", help="a variant (repeatable)")
     ap.add_argument("--base", help="base config for --switch variants (its own variant is named 'baseline')")
@@ -124,15 +126,20 @@ def make_plan(args):
 
 
 def write_outputs(out_dir, variants, baseline, runs, title):
-    """ablation.json / ablation.md: the box-AP report, and where runs also evaluated other
-    tasks (Mask R-CNN: ``segm``), one more report per task (``reports_by_task`` in the json,
-    a further section of the markdown)."""
-    report = build_report(runs, baseline)
-    extra = sorted({t for r in runs for t in (r.get("metrics_by_task") or {}) if t != "bbox"})
+    """ablation.json / ablation.md: the report of the primary task (box AP; proposal recall
+    for proposal-only models), and where runs also evaluated other tasks (Mask R-CNN:
+    ``segm``), one more report per task (``reports_by_task`` in the json, a further section
+    of the markdown)."""
+    tasks = {t for r in runs for t in (r.get("metrics_by_task") or {})}
+    if any(r.get("metrics") and "AR@100" in r["metrics"] and "AP" not in r["metrics"] for r in runs):
+        tasks.add("box_proposals")
+    main_task = primary_task(tasks)
+    report = build_report(runs, baseline, task=main_task)
+    extra = sorted(tasks - {main_task})
     by_task = {}
     for task in extra:
         task_runs = [dict(r, metrics=(r.get("metrics_by_task") or {}).get(task)) for r in runs]
-        by_task[task] = build_report(task_runs, baseline)
+        by_task[task] = build_report(task_runs, baseline, task=task)
     data = {"baseline": baseline, "variants": [v.to_dict() for v in variants], "runs": runs, "report": report}
     if by_task:
         data["reports_by_task"] = by_task
@@ -171,10 +178,12 @@ def run_one(args, v, seed, tag, only, env):
         status = run_status(out)
     if status == "done":
         by_task = load_metrics_by_task(out)
-        run["metrics"] = by_task.get("bbox", {})
-        if set(by_task) - {"bbox"}:
+        task = primary_task(by_task)
+        run["metrics"] = by_task.get(task, {})
+        if set(by_task) - {task}:
             run["metrics_by_task"] = by_task
-        print(f"{tag} AP {run['metrics'].get('AP', float('nan')):.2f}"
+        first = "AP" if task != "box_proposals" else "AR@100"
+        print(f"{tag} {first} {run['metrics'].get(first, float('nan')):.2f}"
               + (f" ({run['seconds']:.0f} s)" if "seconds" in run else " (finished earlier)"), flush=True)
     elif "error" not in run:
         print(f"{tag} {status}, not run", flush=True)
