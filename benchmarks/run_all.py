@@ -13,6 +13,9 @@ reported as a ratio of medians; the machine (CPU model, cores, torch) is recorde
 * train_iter_ratio / infer_ratio: Libra R-CNN R-50-FPN / Faster R-CNN R-50-FPN iteration
   time, batch 2, short side 512, same inputs and weights, after warm-up. Targets <= 1.10.
   The Libra side's time spent in sampling, BFP and the box loss is printed too.
+* ohem_train_iter_ratio: Faster R-CNN R-50-FPN with OHEM (every proposal scored by the box
+  head under no_grad before sampling) / with random sampling, one training iteration, same
+  inputs and weights. Informational (no target).
 * bfp_mem_growth_4x_pixels: peak memory of BFP forward+backward (default non-local path)
   when the refine level holds 4x the positions (50x84 -> 100x168), each size in a fresh
   subprocess (peak RSS above the pre-run RSS; the kernel's peak mark is reset first). Target <= 5.0; the plain-matmul path's
@@ -173,7 +176,7 @@ def check_cuda_syncs(device):
     return True
 
 
-def detector_pair(device, short=512):
+def detector_pair(device, short=512, other="libra_faster_rcnn_R_50_FPN_1x.yaml"):
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
     from detectron2.structures import Boxes, Instances
@@ -190,7 +193,7 @@ def detector_pair(device, short=512):
 
     torch.manual_seed(0)
     base = build_model(cfg_for("faster_rcnn_R_50_FPN_1x.yaml"))
-    libra = build_model(cfg_for("libra_faster_rcnn_R_50_FPN_1x.yaml"))
+    libra = build_model(cfg_for(other))
     libra.load_state_dict(base.state_dict(), strict=False)
     g = torch.Generator().manual_seed(0)
     h, w = short, int(short * 4 / 3)
@@ -263,6 +266,29 @@ def bench_detector(device, reps, rounds):
         for k, v in timer.total.items():
             out[f"{mode}_libra_{k}_ms_per_iter"] = v / (reps * rounds) * 1e3
     return out
+
+
+def bench_ohem(device, reps, rounds):
+    """OHEM's extra cost: one training iteration of Faster R-CNN R-50-FPN with the ``ohem``
+    samplers (every proposal scored by the box head first) / with detectron2's random
+    sampling; same weights and inputs."""
+    from detectron2.utils.events import EventStorage
+
+    base, ohem, batch = detector_pair(device, other="ohem_faster_rcnn_R_50_FPN_1x.yaml")
+    opts = {m: torch.optim.SGD(m.parameters(), lr=0.0, momentum=0.9) for m in (base, ohem)}
+
+    def train_step(m):
+        with EventStorage():
+            losses = m(batch)
+            opts[m].zero_grad()
+            sum(losses.values()).backward()
+            opts[m].step()
+
+    for m in (base, ohem):
+        m.train()
+        train_step(m)  # warm-up
+    ratio, to, tb, _ = paired_ratio(lambda: train_step(ohem), lambda: train_step(base), device, rounds, reps)
+    return {"ohem_train_iter_ratio": ratio, "ohem_train_iter_s": to, "ohem_train_iter_s_random": tb}
 
 
 BFP_CHILD = r"""
@@ -427,13 +453,13 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions per side and round (sampler: 10x)")
     ap.add_argument("--rounds", type=int, default=5, help="rounds; a ratio is the median of the rounds' ratios")
-    ap.add_argument("--only", default="sampler,detector,bfp_memory,export,grouping")
+    ap.add_argument("--only", default="sampler,detector,ohem,bfp_memory,export,grouping")
     ap.add_argument("--output", default=os.path.join(ROOT, "output/bench/results.json"))
     ap.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     results = {"machine": machine(device)}
-    benches = {"sampler": bench_sampler, "detector": bench_detector, "bfp_memory": bench_bfp_memory,
+    benches = {"sampler": bench_sampler, "detector": bench_detector, "ohem": bench_ohem, "bfp_memory": bench_bfp_memory,
                "export": bench_export, "grouping": bench_grouping}
     for name in args.only.split(","):
         t = time.time()
