@@ -16,6 +16,9 @@ reported as a ratio of medians; the machine (CPU model, cores, torch) is recorde
 * ohem_train_iter_ratio: Faster R-CNN R-50-FPN with OHEM (every proposal scored by the box
   head under no_grad before sampling) / with random sampling, one training iteration, same
   inputs and weights. Informational (no target).
+* cpu_bf16_train_iter_ratio (CPU only): the built-in Libra R-CNN's training iteration under
+  bfloat16 autocast / in float32, with ``cpu_bf16_native`` (amx_bf16 / avx512_bf16 present).
+  Informational; a speed-up needs native bfloat16.
 * bfp_mem_growth_4x_pixels: peak memory of BFP forward+backward (default non-local path)
   when the refine level holds 4x the positions (50x84 -> 100x168), each size in a fresh
   subprocess (peak RSS above the pre-run RSS; the kernel's peak mark is reset first). Target <= 5.0; the plain-matmul path's
@@ -291,6 +294,50 @@ def bench_ohem(device, reps, rounds):
     return {"ohem_train_iter_ratio": ratio, "ohem_train_iter_s": to, "ohem_train_iter_s_random": tb}
 
 
+def bench_cpu_bf16(device, reps, rounds):
+    """SOLVER.AMP.ENABLED on CPU: one training iteration of the built-in Libra R-CNN (batch 4
+    of the built-in data's size, 208x280) under bfloat16 autocast / in float32, side by side.
+    Only a processor with native bfloat16 (``cpu_bf16_native``) can show a speed-up; elsewhere
+    the figure measures torch's emulation (and training runs in float32)."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+    from detectron2.structures import Boxes, Instances
+    from detectron2.utils.events import EventStorage
+
+    import libra_d2
+    from libra_d2.engine.cpu_amp import cpu_bf16_native
+    from libra_d2.engine.trainer_keys import release_trainer_guards
+
+    if device.type != "cpu":
+        return {}
+    cfg = get_cfg()
+    libra_d2.add_libra_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, "configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml"))
+    torch.manual_seed(0)
+    model = release_trainer_guards(build_model(cfg))
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    g = torch.Generator().manual_seed(0)
+    batch = []
+    for _ in range(4):
+        inst = Instances((208, 280), gt_boxes=Boxes(torch.tensor([[20.0, 30, 90, 110], [120, 60, 200, 150]])),
+                         gt_classes=torch.tensor([0, 2]))
+        batch.append({"image": torch.rand(3, 208, 280, generator=g) * 255, "instances": inst, "height": 208, "width": 280})
+
+    def step(bf16):
+        with EventStorage(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            total = sum(model(batch).values())
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+
+    step(True)
+    step(False)
+    ratio, tb, tf, _ = paired_ratio(lambda: step(True), lambda: step(False), device, rounds, reps)
+    return {"cpu_bf16_native": cpu_bf16_native(), "cpu_bf16_train_iter_ratio": ratio, "cpu_bf16_train_iter_s": tb,
+            "cpu_fp32_train_iter_s": tf}
+
+
 BFP_CHILD = r"""
 import json, sys, torch
 sys.path.insert(0, {root!r})
@@ -453,13 +500,13 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions per side and round (sampler: 10x)")
     ap.add_argument("--rounds", type=int, default=5, help="rounds; a ratio is the median of the rounds' ratios")
-    ap.add_argument("--only", default="sampler,detector,ohem,bfp_memory,export,grouping")
+    ap.add_argument("--only", default="sampler,detector,ohem,cpu_bf16,bfp_memory,export,grouping")
     ap.add_argument("--output", default=os.path.join(ROOT, "output/bench/results.json"))
     ap.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     results = {"machine": machine(device)}
-    benches = {"sampler": bench_sampler, "detector": bench_detector, "ohem": bench_ohem, "bfp_memory": bench_bfp_memory,
+    benches = {"sampler": bench_sampler, "detector": bench_detector, "ohem": bench_ohem, "cpu_bf16": bench_cpu_bf16, "bfp_memory": bench_bfp_memory,
                "export": bench_export, "grouping": bench_grouping}
     for name in args.only.split(","):
         t = time.time()

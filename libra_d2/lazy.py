@@ -111,6 +111,7 @@ def do_train(args, cfg):
         resolve_base_seed,
         stream_from_lazy,
     )
+    from .engine.cpu_amp import cpu_autocast_trainer
 
     model = instantiate(cfg.model)
     model.to(cfg.train.device)
@@ -123,7 +124,7 @@ def do_train(args, cfg):
 
     model = create_ddp_model(model, **cfg.train.get("ddp", {}))
     amp = cfg.train.get("amp", {}).get("enabled", False)
-    trainer = (AMPTrainer if amp else SimpleTrainer)(model, train_loader, optim)
+    trainer = cpu_autocast_trainer((AMPTrainer if amp else SimpleTrainer)(model, train_loader, optim))
     # the trainer's state holds the optimizer, the iteration and its hooks' states (the seed hook's
     # base seed among them)
     checkpointer = AtomicDetectionCheckpointer(model, cfg.train.output_dir, trainer=weakref.proxy(trainer))

@@ -22,6 +22,9 @@ What it adds to DefaultTrainer (same hooks, writers, evaluation):
 * **Data checks** (:mod:`libra_d2.engine.data_checks`): malformed annotation files and unreadable
   images stop training with an error naming the file and image id; degenerate and
   out-of-image boxes are dropped or clipped with a counted warning.
+* ``SOLVER.AMP.ENABLED`` on CPU trains under bfloat16 autocast where the processor has
+  native bfloat16, float32 elsewhere (:mod:`libra_d2.engine.cpu_amp`; detectron2's
+  AMPTrainer requires CUDA).
 * A non-finite loss stops training (detectron2's FloatingPointError, raised before the
   optimizer step), so no checkpoint with diverged weights is written.
 """
@@ -43,6 +46,7 @@ from .engine import (
     resolve_base_seed,
     stream_from_yacs,
 )
+from .engine.cpu_amp import cpu_autocast_trainer
 from .engine.distributed import ddp_for_cpu_models
 from .engine.trainer_keys import release_trainer_guards
 
@@ -61,6 +65,7 @@ class LibraTrainer(DefaultTrainer):
         self._seed_hook = IterationSeedHook(resolve_base_seed(cfg.SEED))
         with ddp_for_cpu_models():
             super().__init__(cfg)
+        cpu_autocast_trainer(self._trainer)  # SOLVER.AMP.ENABLED on CPU: bfloat16 autocast
 
     @classmethod
     def build_model(cls, cfg):

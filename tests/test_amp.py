@@ -112,3 +112,59 @@ def test_libra_model_bfloat16_autocast_close_to_float32(libra_cfg, shapes_root, 
         assert abs(l16[k] - l32[k]) <= 0.05 * abs(l32[k]) + 0.02, (k, l16[k], l32[k])
     cos = float(torch.nn.functional.cosine_similarity(g16, g32, dim=0))
     assert cos > 0.9, cos
+
+
+# ---------------------------------------------------------------- SOLVER.AMP.ENABLED on CPU
+def _train_amp(libra_cfg, tmp_path, monkeypatch, native, caplog):
+    """Two iterations of the built-in Libra R-CNN with SOLVER.AMP.ENABLED through LibraTrainer;
+    returns the trainer and the dtypes of the first convolution's outputs in training."""
+    import logging
+
+    from libra_d2.training import LibraTrainer
+    from tests.conftest import TINY
+
+    monkeypatch.setenv("LIBRA_CPU_BF16", "1" if native else "0")  # simulate the processor's capability
+    cfg = libra_cfg("builtin/libra_rcnn_R_18_FPN_cpu.yaml", *TINY, "SOLVER.AMP.ENABLED", True, "SOLVER.MAX_ITER", 2,
+                    "OUTPUT_DIR", str(tmp_path))
+    cfg.DATASETS.TEST = ()
+    with caplog.at_level(logging.INFO, logger="libra_d2.engine.cpu_amp"):
+        trainer = LibraTrainer(cfg)
+    dtypes = []
+    conv = trainer.model.backbone.bottom_up.stem.conv1
+    handle = conv.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype) if m.training else None)
+    trainer.train()
+    handle.remove()
+    return trainer, dtypes
+
+
+def test_cpu_amp_trains_under_bfloat16_where_native(libra_cfg, shapes_root, tmp_path, monkeypatch, caplog):
+    from libra_d2.engine.cpu_amp import CPUAutocastTrainer
+
+    trainer, dtypes = _train_amp(libra_cfg, tmp_path, monkeypatch, True, caplog)
+    assert isinstance(trainer._trainer, CPUAutocastTrainer) and trainer._trainer.autocast
+    assert dtypes == [torch.bfloat16, torch.bfloat16]  # the convolutions ran in bfloat16
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights stay float32
+    losses = trainer.storage.latest()
+    assert np.isfinite(losses["total_loss"][0]) and trainer.iter == 2
+    assert "bfloat16 autocast" in caplog.text
+
+
+def test_cpu_amp_without_native_bfloat16_trains_in_float32_and_says_so(libra_cfg, shapes_root, tmp_path, monkeypatch,
+                                                                       caplog):
+    trainer, dtypes = _train_amp(libra_cfg, tmp_path, monkeypatch, False, caplog)
+    assert not trainer._trainer.autocast
+    assert dtypes == [torch.float32, torch.float32]
+    assert "no native bfloat16" in caplog.text and "amx_bf16" in caplog.text
+    assert np.isfinite(trainer.storage.latest()["total_loss"][0])
+
+
+def test_native_bfloat16_detection_reads_the_cpu_flags(monkeypatch):
+    from libra_d2.engine import cpu_amp
+
+    monkeypatch.delenv("LIBRA_CPU_BF16", raising=False)
+    monkeypatch.setattr(cpu_amp, "_cpu_flags", lambda: {"avx2", "fma"})
+    assert not cpu_amp.cpu_bf16_native()
+    monkeypatch.setattr(cpu_amp, "_cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert cpu_amp.cpu_bf16_native()
+    monkeypatch.setattr(cpu_amp, "_cpu_flags", lambda: {"amx_tile", "amx_bf16"})
+    assert cpu_amp.cpu_bf16_native()
