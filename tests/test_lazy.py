@@ -118,3 +118,21 @@ def test_bad_value_in_lazy_config_gets_the_yacs_message(shapes_root, tmp_path):
     lazy = run_train_net(shapes_root, "--config-file", BUILTIN, "model.backbone.refine_level=7",
                          f"train.output_dir={tmp_path / 'l2'}", check=False)
     assert lazy.returncode == 2 and "MODEL.BFP.REFINE_LEVEL" in lazy.stderr.strip().splitlines()[-1]
+
+
+def test_lazy_amp_on_cpu_uses_the_cpu_autocast_trainer(shapes_root, tmp_path):
+    """train.amp.enabled on a CPU model: detectron2's AMPTrainer (CUDA only) becomes the CPU
+    autocast trainer; without native bfloat16 (forced here) it trains in float32 and says so."""
+    opts = ["train.max_iter=2", "train.amp.enabled=True", "dataloader.train.total_batch_size=2",
+            "dataloader.train.num_workers=0", "dataloader.test.dataset.names=libra_shapes_val_mini", "train.eval_period=0",
+            "model.roi_heads.batch_size_per_image=64", f"train.output_dir={tmp_path}"]
+    import subprocess
+    import sys
+
+    env = dict(os.environ, DETECTRON2_DATASETS=shapes_root, PYTHONWARNINGS="ignore", LIBRA_CPU_BF16="0")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", BUILTIN, *opts],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "no native bfloat16" in log and "CUDA is required" not in log
+    assert os.path.isfile(os.path.join(tmp_path, "model_final.pth"))
