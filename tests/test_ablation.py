@@ -159,6 +159,35 @@ def test_heads_presets_and_segm_report_from_finished_runs(tmp_path):
     # and --help names every preset
     helptext = subprocess.run([sys.executable, os.path.join(ROOT, "tools/ablate.py"), "--help"], cwd=ROOT,
                               capture_output=True, text=True, timeout=120).stdout
-    from libra_d2.ablation import PRESETS
+    from libra_d2.ablation import PRESET_NAMES
 
-    assert all(name in helptext for name in PRESETS)
+    assert all(name in helptext for name in PRESET_NAMES)
+
+
+def test_sampling_and_rpn_presets_report_proposal_recall_from_finished_runs(tmp_path):
+    """builtin-sampling compares OHEM and the Libra sampling pair with Faster R-CNN;
+    builtin-rpn's proposal-only runs are reported by AR (COCOEvaluator's box_proposals)."""
+    from libra_d2.ablation import preset_plan
+
+    sampling = {v.name: v for v in preset_plan("builtin-sampling")}
+    assert set(sampling) == {"baseline", "sampling", "ohem"}
+    assert sampling["ohem"].baseline == sampling["sampling"].baseline == "baseline"
+    assert sampling["sampling"].opts == ["MODEL.ROI_HEADS.NAME", "LibraROIHeads"]
+    rpn = {v.name: v for v in preset_plan("builtin-rpn")}
+    assert set(rpn) == {"rpn_baseline", "libra_rpn"} and rpn["libra_rpn"].baseline == "rpn_baseline"
+    out = tmp_path / "abl"
+    recall = {("rpn_baseline", 1): 40.0, ("rpn_baseline", 2): 42.0, ("libra_rpn", 1): 45.0, ("libra_rpn", 2): 48.0}
+    for (name, seed), ar in recall.items():
+        d = out / name / f"seed{seed}"
+        d.mkdir(parents=True)
+        res = {"box_proposals": {"AR@100": ar, "AR@1000": ar + 10, "ARs@100": ar - 5, "ARm@100": ar, "ARl@100": ar + 5}}
+        (d / "eval_results.json").write_text(json.dumps(res))
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools/ablate.py"), "--preset", "builtin-rpn", "--seeds",
+                           "1", "2", "-o", str(out), "--report-only"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((out / "ablation.json").read_text())["report"]
+    assert report["task"] == "box_proposals" and report["metrics"][:2] == ["AR@100", "AR@1000"]
+    assert abs(report["configs"]["libra_rpn"]["AR@1000"]["mean"] - 56.5) < 1e-9
+    assert abs(report["differences"]["libra_rpn"]["AR@100"]["mean"] - 5.5) < 1e-9  # pairs: +5, +6
+    md = (out / "ablation.md").read_text()
+    assert "COCO proposal recall" in md and "ΔAR@100" in md
