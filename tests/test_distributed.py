@@ -25,6 +25,10 @@ SAME_GRADIENTS = [
     "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "10000000", "MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", "False",
     "MODEL.RPN.POST_NMS_TOPK_TRAIN", "50", "SOLVER.MAX_ITER", "3", "DATASETS.TEST", "()",
     "SOLVER.CHECKPOINT_PERIOD", "1000", "SOLVER.WARMUP_ITERS", "0",  # full LR at once: the weights move visibly
+    # SGD: an update proportional to the gradient, so float summation order stays at rounding
+    # size (AdamW divides by the gradient's running magnitude, which turns the rounding noise
+    # of near-zero gradient entries into updates of the learning rate's size)
+    "SOLVER.OPTIMIZER", "SGD", "SOLVER.BASE_LR", "0.02",
 ]
 
 
