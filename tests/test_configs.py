@@ -42,17 +42,27 @@ def test_config_list_is_complete():
         "libra_mask_rcnn_R_18_FPN_cpu.yaml",
         "libra_cascade_rcnn_R_18_FPN_cpu.yaml",
         "libra_fast_rcnn_R_18_FPN_cpu.yaml",
+        "ohem_faster_rcnn_R_50_FPN_1x.yaml",
+        "ohem_faster_rcnn_R_18_FPN_cpu.yaml",
+        "rpn_R_50_FPN_1x.yaml",
+        "libra_rpn_R_50_FPN_1x.yaml",
+        "rpn_R_18_FPN_cpu.yaml",
+        "libra_rpn_R_18_FPN_cpu.yaml",
     ]:
         assert required in names, required
 
 
 def enabled_components(model):
-    """Which Libra components a built model uses: sampling, bfp, balanced_l1, rpn_cap."""
+    """Which Libra components a built model uses: sampling, ohem, bfp, balanced_l1 (box head,
+    RetinaNet), rpn_balanced_l1, rpn_cap."""
     from libra_d2.roi_heads import LibraSamplingMixin
 
     heads = getattr(model, "roi_heads", None)
     out = set()
-    if isinstance(heads, LibraSamplingMixin) and (heads.pos_sampler, heads.neg_sampler) != ("random", "random"):
+    samplers = (heads.pos_sampler, heads.neg_sampler) if isinstance(heads, LibraSamplingMixin) else ("random", "random")
+    if samplers == ("ohem", "ohem"):
+        out.add("ohem")
+    elif samplers != ("random", "random"):
         out.add("sampling")
     if any(type(m).__name__ == "BFP" for m in model.modules()):
         out.add("bfp")
@@ -61,6 +71,8 @@ def enabled_components(model):
     if any(getattr(p, "box_reg_loss_type", None) == "balanced_l1" for p in predictors if p is not None) or \
             getattr(model, "balanced_l1", None) is not None:
         out.add("balanced_l1")
+    if getattr(getattr(model, "proposal_generator", None), "balanced_l1", None) is not None:
+        out.add("rpn_balanced_l1")
     if getattr(getattr(model, "proposal_generator", None), "neg_pos_ub", -1) >= 0:
         out.add("rpn_cap")
     return out
@@ -73,6 +85,9 @@ def enabled_components(model):
     ("faster_rcnn_R_50_FPN_1x.yaml", set()),
     ("libra_faster_rcnn_R_50_FPN_1x.yaml", {"sampling", "bfp", "balanced_l1", "rpn_cap"}),
     ("libra_retinanet_R_50_FPN_1x.yaml", {"bfp", "balanced_l1"}),
+    ("ohem_faster_rcnn_R_50_FPN_1x.yaml", {"ohem"}),
+    ("rpn_R_50_FPN_1x.yaml", set()),
+    ("libra_rpn_R_50_FPN_1x.yaml", {"bfp", "rpn_balanced_l1", "rpn_cap"}),
 ])
 def test_each_coco_config_enables_exactly_its_components(libra_cfg, name, expected):
     model = build_model(libra_cfg(f"COCO-Detection/{name}", "MODEL.WEIGHTS", ""))
