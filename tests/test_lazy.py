@@ -108,7 +108,7 @@ def test_bad_value_in_lazy_config_gets_the_yacs_message(shapes_root, tmp_path):
                          "MODEL.LIBRA.NEG_SAMPLER", "uniform", "OUTPUT_DIR", str(tmp_path / "y"), check=False)
     lazy = run_train_net(shapes_root, "--config-file", BUILTIN, "model.roi_heads.neg_sampler=uniform",
                          f"train.output_dir={tmp_path / 'l'}", check=False)
-    allowed = "'uniform' is invalid: allowed one of 'iou_balanced', 'random'"
+    allowed = "'uniform' is invalid: allowed one of 'iou_balanced', 'ohem', 'random'"
     for proc in (yacs, lazy):
         assert proc.returncode == 2, proc.stderr[-2000:]
         last = proc.stderr.strip().splitlines()[-1]
