@@ -529,7 +529,9 @@ def main(argv=None):
             continue
         target = TARGETS.get(k)
         if isinstance(v, bool):
-            print(f"| {k:<34} | {str(v):>9} | {'True':>8} | {'yes' if v else 'NO':<3} |")
+            checked = k in TARGETS  # facts such as cpu_bf16_native are reported, not checked
+            print(f"| {k:<34} | {str(v):>9} | {'True' if checked else '':>8} | "
+                  f"{('yes' if v else 'NO') if checked else '':<3} |")
             continue
         ok = ""
         tgt = ""
