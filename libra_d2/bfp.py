@@ -45,9 +45,10 @@ class BFP(nn.Module):
     @staticmethod
     def _max_pool(x, size, levels_apart: int):
         # Adjacent pyramid levels differ by 2x per side (ceil when odd), so the pooling ratio
-        # is at most 2**levels_apart. Under ONNX export the gather form (identical values);
+        # is at most 2**levels_apart. Under ONNX export and torch.export the gather form
+        # (identical values; torch's op specialises the graph to the traced sizes);
         # everywhere else torch's own op.
-        if onnx_exporting():
+        if onnx_exporting() or torch.compiler.is_exporting():
             return adaptive_max_pool2d_gather(x, size, 2 ** levels_apart)
         return F.adaptive_max_pool2d(x, size)
 

@@ -20,6 +20,7 @@ the input's shape at run time: the trace generalises to other input sizes, which
 ``tests/test_export.py`` checks against the eager model on sizes whose pyramid levels are
 not multiples of each other.
 """
+import contextlib
 import os
 import warnings
 from typing import Tuple
@@ -27,7 +28,8 @@ from typing import Tuple
 import torch
 from torch import nn
 
-__all__ = ["ExportableDetector", "trace_detector", "export_onnx", "default_example_size", "compare_detections"]
+__all__ = ["ExportableDetector", "trace_detector", "export_program", "size_bounds", "export_onnx",
+           "default_example_size", "compare_detections"]
 
 
 def _is_retinanet(model) -> bool:
@@ -39,7 +41,7 @@ def _is_retinanet(model) -> bool:
 class ExportableDetector(nn.Module):
     """Tensor-in, tensors-out view of a detectron2 detector for tracing (see module doc)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, branch_free: bool = False):
         super().__init__()
         from detectron2.modeling.meta_arch.rcnn import GeneralizedRCNN
 
@@ -50,8 +52,28 @@ class ExportableDetector(nn.Module):
             )
         if getattr(model, "mask_on", False) or getattr(getattr(model, "roi_heads", None), "mask_on", False):
             raise TypeError("cannot export a model with a mask head: the exported signature has boxes only")
+        if branch_free and type(getattr(model, "roi_heads", None)).__name__ not in (None, "NoneType"):
+            from detectron2.modeling.roi_heads import CascadeROIHeads
+
+            if isinstance(model.roi_heads, CascadeROIHeads):
+                raise NotImplementedError(
+                    f"torch.export of a cascade ({type(model.roi_heads).__name__}) is not supported yet: "
+                    "export it with --format torchscript or onnx")
         self.model = model
+        # torch.export: libra_d2.export_inference's path (no Python branch on tensor values)
+        self.branch_free = bool(branch_free)
         self.eval()  # also what exporters restore afterwards
+
+    def _branch_free(self, image):
+        from . import export_inference as ei
+
+        model = self.model
+        x, size = ei.preprocess(model, image)
+        features = model.backbone(x)
+        if _is_retinanet(model):
+            return ei.retinanet_detections(model, features, size)
+        proposals = ei.rpn_proposals(model.proposal_generator, features, size)
+        return ei.box_detections(model.roi_heads, features, proposals, size)
 
     def _instances(self, image):
         model = self.model
@@ -74,6 +96,13 @@ class ExportableDetector(nn.Module):
         return model.inference(anchors, logits, deltas, images.image_sizes)[0]
 
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.branch_free:
+            boxes, scores, classes = self._branch_free(image)
+            from .export_inference import _clip, _nonempty
+
+            boxes = _clip(boxes, image.shape[-2:])
+            keep = _nonempty(boxes)
+            return boxes[keep], scores[keep], classes[keep]
         inst = self._instances(image)
         # what detectron2's post-processing does at scale 1: clip to the image, drop empty boxes
         boxes = inst.pred_boxes
@@ -102,6 +131,54 @@ def trace_detector(model, example: torch.Tensor) -> torch.jit.ScriptModule:
         # inference path are data-independent (checked by parity tests on other sizes).
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         return torch.jit.trace(wrapper, (example,), check_trace=False)
+
+
+def size_bounds(model, cfg=None) -> Tuple[int, int]:
+    """(min, max) input height/width of a ``torch.export`` artefact. Min: one pixel more than
+    the coarsest pyramid stride, so every level is at least 2 x 2 after padding (a level of
+    size 1 would specialise the graph). Max: 2048, or the config's ``INPUT.MAX_SIZE_TEST``
+    when larger (COCO's 800-1333 are inside)."""
+    stride = max(s.stride for s in model.backbone.output_shape().values())
+    hi = 2048 if cfg is None else max(2048, int(cfg.INPUT.MAX_SIZE_TEST))
+    return stride + 1, hi
+
+
+@contextlib.contextmanager
+def _nms_fake_kernel():
+    """While exporting: a fake (shape) kernel for ``torchvision::nms`` written with
+    ``new_dynamic_size``. torchvision's own (0.29) calls ``create_unbacked_symint``, which
+    torch deprecates and warns about on every call; the graph is the same either way (an
+    index tensor of data-dependent length), and nothing is registered after the block."""
+    lib = torch.library.Library("torchvision", "FRAGMENT")
+
+    def fake_nms(dets, scores, iou_threshold):
+        torch._check(dets.dim() == 2 and dets.size(1) == 4, lambda: f"nms: boxes must be [N, 4], got {tuple(dets.shape)}")
+        torch._check(scores.dim() == 1 and scores.size(0) == dets.size(0), lambda: "nms: one score per box")
+        n = torch.library.get_ctx().new_dynamic_size()
+        return dets.new_empty(n, dtype=torch.long)
+
+    try:
+        torch.library.register_fake("torchvision::nms", fake_nms, lib=lib)
+        yield
+    finally:
+        lib._destroy()
+
+
+def export_program(model, example: torch.Tensor, bounds: Tuple[int, int] = None):
+    """``torch.export.export`` of :class:`ExportableDetector` on libra-d2's branch-free
+    inference path (:mod:`libra_d2.export_inference`), with dynamic height and width within
+    ``bounds`` (default :func:`size_bounds`). Returns the ``ExportedProgram``; save it with
+    ``torch.export.save``."""
+    wrapper = ExportableDetector(model, branch_free=True)
+    lo, hi = bounds or size_bounds(model)
+    h, w = example.shape[-2:]
+    if not (lo <= h <= hi and lo <= w <= hi):
+        raise ValueError(f"example size {h}x{w} is outside the exported size range [{lo}, {hi}]")
+    dims = {1: torch.export.Dim("height", min=lo, max=hi), 2: torch.export.Dim("width", min=lo, max=hi)}
+    import torchvision  # noqa: F401  (registers torchvision's ops and their own fake kernels first)
+
+    with torch.no_grad(), _nms_fake_kernel():
+        return torch.export.export(wrapper, (example,), dynamic_shapes=(dims,))
 
 
 def export_onnx(model, example: torch.Tensor, path: str, opset: int = None, dynamic: bool = True) -> str:

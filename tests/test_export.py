@@ -9,7 +9,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from libra_d2.export import ExportableDetector, _example, export_onnx, trace_detector
+from libra_d2.export import ExportableDetector, _example, export_onnx, export_program, size_bounds, trace_detector
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRACE_SIZE = (192, 256)
@@ -75,38 +75,48 @@ def test_traced_model_matches_eager_on_other_sizes(libra_cfg, tmp_path, config):
         assert float(ref[0][:, 2].max()) <= size[1] and float(ref[0][:, 3].max()) <= size[0]
 
 
-def test_export_tool_writes_a_module_that_loads_with_only_torch(libra_cfg, tmp_path):
-    """tools/export_model.py on the built-in Libra R-CNN; the file is then run in a fresh
-    process that imports only torch and torchvision, on a size not used to trace."""
+FRESH = (
+    "import sys, torch, torchvision\n"
+    "m = torch.jit.load(sys.argv[1]) if sys.argv[1].endswith('.ts') else torch.export.load(sys.argv[1]).module()\n"
+    "torch.save([m(x) for x in torch.load(sys.argv[2])], sys.argv[3])\n"
+    "assert not any(k.split('.')[0] in ('detectron2', 'libra_d2') for k in sys.modules), 'imported detectron2'\n"
+)
+
+
+def _run_fresh(path, xs, tmp_path):
+    """Run an exported file on ``xs`` in a fresh process that imports only torch and torchvision."""
+    torch.save(xs, str(tmp_path / "x.pt"))
+    res = subprocess.run([sys.executable, "-c", FRESH, path, str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+                         capture_output=True, text=True, cwd=str(tmp_path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return torch.load(str(tmp_path / "y.pt"))
+
+
+@pytest.mark.parametrize("fmt", ["export", pytest.param("torchscript", marks=pytest.mark.opt_in)])
+def test_export_tool_writes_a_file_that_loads_with_only_torch(libra_cfg, tmp_path, fmt):
+    """tools/export_model.py on the built-in Libra R-CNN (default format: export); the file
+    is then run in a fresh process that imports only torch and torchvision, on a size not
+    used to export."""
     out_dir = tmp_path / "export"
     cmd = [sys.executable, os.path.join(ROOT, "tools/export_model.py"), "--config-file",
            os.path.join(ROOT, "configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml"), "--output", str(out_dir),
            "--check-sizes", "175x230"]
+    if fmt != "export":
+        cmd += ["--format", fmt]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=str(tmp_path))
     assert res.returncode == 0, res.stdout + res.stderr
-    report = json.loads((out_dir / "export_report_torchscript.json").read_text())
+    report = json.loads((out_dir / f"export_report_{fmt}.json").read_text())
     assert report["checks"]["175x230"]["all_matched"] and report["checks"]["175x230"]["n_eager"] > 0
 
-    # eager reference with the same (random, seeded by the tool's build) weights: rebuild and
-    # load the exported module's state instead of relying on the seed
+    # eager reference with the same (random) weights: load the exported file's parameters
     cfg, model = _model(libra_cfg, "builtin/libra_rcnn_R_18_FPN_cpu.yaml")
-    ts = torch.jit.load(str(out_dir / "model.ts"))
-    state = {k[len("model."):]: v for k, v in ts.state_dict().items()}
-    result = model.load_state_dict(state, strict=False)
-    assert not result.missing_keys, result.missing_keys
+    path = str(out_dir / ("model.pt2" if fmt == "export" else "model.ts"))
+    exported = torch.export.load(path) if fmt == "export" else torch.jit.load(path)
+    state = exported.state_dict if fmt == "export" else exported.state_dict()
+    result = model.load_state_dict({k[len("model."):]: v for k, v in state.items()}, strict=False)
+    assert not set(result.missing_keys) & {k for k, _ in model.named_parameters()}, result.missing_keys
     x = _example(cfg, (187, 263), seed=7)
-    torch.save(x, str(tmp_path / "x.pt"))
-    script = (
-        "import sys, torch, torchvision\n"
-        "m = torch.jit.load(sys.argv[1])\n"
-        "b, s, c = m(torch.load(sys.argv[2]))\n"
-        "torch.save((b, s, c), sys.argv[3])\n"
-        "assert not any(k.split('.')[0] in ('detectron2', 'libra_d2') for k in sys.modules), 'imported detectron2'\n"
-    )
-    res = subprocess.run([sys.executable, "-c", script, str(out_dir / "model.ts"), str(tmp_path / "x.pt"),
-                          str(tmp_path / "y.pt")], capture_output=True, text=True, cwd=str(tmp_path))
-    assert res.returncode == 0, res.stderr[-3000:]
-    _assert_parity(_eager(model, x), torch.load(str(tmp_path / "y.pt")))
+    _assert_parity(_eager(model, x), _run_fresh(path, [x], tmp_path)[0])
 
 
 @pytest.mark.parametrize("config", CONFIGS[:2])
@@ -122,6 +132,46 @@ def test_onnx_export_matches_eager_with_dynamic_sizes(libra_cfg, tmp_path, confi
         x = _example(cfg, size, seed=i + 1)
         out = tuple(torch.as_tensor(o) for o in session.run(None, {"image": x.numpy()}))
         _assert_parity(_eager(model, x), out)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_branch_free_inference_equals_eager(libra_cfg, config):
+    """libra_d2.export_inference (the path torch.export traces) gives the eager detections."""
+    cfg, model = _model(libra_cfg, config)
+    wrapper = ExportableDetector(model, branch_free=True)
+    for i, size in enumerate(CHECK_SIZES[:2]):
+        x = _example(cfg, size, seed=i + 1)
+        with torch.no_grad():
+            _assert_parity(_eager(model, x), wrapper(x))
+
+
+@pytest.mark.parametrize("config", [pytest.param(CONFIGS[0], marks=pytest.mark.opt_in), CONFIGS[1]])
+def test_torch_export_matches_eager_on_other_sizes(libra_cfg, tmp_path, config):
+    """torch.export with dynamic height and width: one .pt2 serves every size in its range,
+    loaded in a fresh process that imports only torch and torchvision; the export itself
+    emits no deprecation warning."""
+    import warnings
+
+    cfg, model = _model(libra_cfg, config)
+    lo, hi = size_bounds(model, cfg)
+    assert lo == max(s.stride for s in model.backbone.output_shape().values()) + 1 and hi >= 1333
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        program = export_program(model, _example(cfg, TRACE_SIZE))
+        path = str(tmp_path / "model.pt2")
+        torch.export.save(program, path)
+    deprecations = [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))]
+    assert not deprecations, deprecations
+    sizes = CHECK_SIZES + [(lo, lo + 3)]
+    xs = [_example(cfg, size, seed=i + 1) for i, size in enumerate(sizes)]
+    for x, out in zip(xs, _run_fresh(path, xs, tmp_path)):
+        _assert_parity(_eager(model, x), out)
+
+
+def test_torch_export_refuses_a_cascade_by_name(libra_cfg):
+    cfg, model = _model(libra_cfg, "builtin/libra_cascade_rcnn_R_18_FPN_cpu.yaml")
+    with pytest.raises(NotImplementedError, match="torch.export of a cascade \\(LibraCascadeROIHeads\\)"):
+        export_program(model, _example(cfg, TRACE_SIZE))
 
 
 def test_export_rejects_unsupported_models(libra_cfg):

@@ -4,15 +4,18 @@
     python tools/export_model.py --config-file configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml \\
         --output output/export --opts MODEL.WEIGHTS output/demo/model_final.pth
 
-Writes ``OUTPUT/model.ts`` (``--format torchscript``, default) or ``OUTPUT/model.onnx``
-(``--format onnx``). The module's ``forward(image)`` takes one float tensor [3, H, W] in the
+Writes ``OUTPUT/model.pt2`` (``--format export``, the default: a ``torch.export``
+``ExportedProgram``, height and width dynamic from the coarsest stride + 1 to 2048),
+``OUTPUT/model.ts`` (``--format torchscript``, traced; TorchScript is deprecated in current
+PyTorch) or ``OUTPUT/model.onnx`` (``--format onnx``). The module's ``forward(image)`` takes one float tensor [3, H, W] in the
 model's ``INPUT.FORMAT`` (BGR for detectron2's configs), pixel values 0..255, any H and W
 (already resized: no resizing inside), and returns ``(boxes [N, 4], scores [N],
 classes [N])`` with boxes in input pixels. Loading needs only ``import torch, torchvision``
 (the graph calls torchvision's nms/roi_align)::
 
     import torch, torchvision
-    model = torch.jit.load("output/export/model.ts")
+    model = torch.jit.load("output/export/model.ts")          # --format torchscript
+    model = torch.export.load("output/export/model.pt2").module()  # --format export
     boxes, scores, classes = model(image)
 
 After writing, the export is checked against the eager model on ``--check-sizes`` input sizes
@@ -35,7 +38,9 @@ def get_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config-file", required=True, metavar="FILE")
     p.add_argument("--output", required=True, help="folder for model.ts / model.onnx")
-    p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
+    p.add_argument("--format", choices=["export", "torchscript", "onnx"], default="export",
+                   help="torchscript: model.ts (traced); onnx: model.onnx; export: model.pt2 "
+                        "(torch.export ExportedProgram, dynamic height and width)")
     p.add_argument("--size", default=None, metavar="HxW",
                    help="input size used to trace (default: INPUT.MIN_SIZE_TEST x 4/3 of it)")
     p.add_argument("--check-sizes", nargs="*", default=DEFAULT_CHECK_SIZES, metavar="HxW",
@@ -90,6 +95,19 @@ def main(argv=None):
         traced.save(path)
         loaded = torch.jit.load(path, map_location=cfg.MODEL.DEVICE)
         run = loaded
+    elif args.format == "export":
+        from libra_d2.export import export_program, size_bounds
+
+        path = os.path.join(args.output, "model.pt2")
+        lo, hi = size_bounds(model, cfg)
+        try:
+            program = export_program(model, example, (lo, hi))
+        except Exception as e:  # the exporter's own message names the failing expression
+            msg = str(e).split("\n")[0]
+            sys.exit(f"[export] torch.export failed for {cfg.MODEL.META_ARCHITECTURE}: {type(e).__name__}: {msg}")
+        torch.export.save(program, path)
+        run = torch.export.load(path).module()
+        print(f"[export] height and width: {lo} to {hi}")
     else:
         path = os.path.join(args.output, "model.onnx")
         try:
