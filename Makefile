@@ -34,8 +34,10 @@ setup:
 demo: setup
 	$(PY) tools/run_demo.py --config-file $(DEMO_CONFIG) --output-dir $(DEMO_OUT) $(DEMO_ARGS) $(DEMO_OPTS)
 
+# TEST_WORKERS: pytest-xdist processes (each gets cores/TEST_WORKERS threads; 1: no xdist)
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS)) $(PYTEST_ARGS)
 
 # the export combinations left out of `make test` (marker opt_in: slow torch.export / TorchScript runs)
 test-export: setup

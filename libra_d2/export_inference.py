@@ -112,7 +112,6 @@ def box_detections(roi_heads, features: Dict[str, torch.Tensor], proposals: torc
     """Detections (boxes [N, 4], scores [N], classes [N]) of a ``StandardROIHeads`` (or
     ``LibraROIHeads``) box branch on ``proposals`` [P, 4]: pool, box head, predictor,
     softmax, per-class decoding, clip, score threshold, class-wise NMS, top-k."""
-    from detectron2.structures import Boxes
 
     feats = [features[f] for f in roi_heads.box_in_features]
     x = _pool(roi_heads.box_pooler, feats, proposals)
