@@ -233,8 +233,24 @@ class SectionTimer:
         setattr(obj, name, run)
 
 
-def bench_detector(device, reps, rounds):
+def sgd_train_step(models, batch):
+    """step(m): one training iteration of ``m`` on ``batch`` (losses, backward, an SGD step
+    at lr 0: the weights stay the same, so every timed iteration does the same work)."""
     from detectron2.utils.events import EventStorage
+
+    opts = {m: torch.optim.SGD(m.parameters(), lr=0.0, momentum=0.9) for m in models}
+
+    def step(m):
+        with EventStorage():
+            losses = m(batch)
+            opts[m].zero_grad()
+            sum(losses.values()).backward()
+            opts[m].step()
+
+    return step
+
+
+def bench_detector(device, reps, rounds):
 
     base, libra, batch = detector_pair(device)
     timer = SectionTimer(device)
@@ -242,14 +258,7 @@ def bench_detector(device, reps, rounds):
     timer.wrap_method(libra.backbone.bfp, "forward", "bfp")
     timer.wrap_method(libra.roi_heads.box_predictor, "box_reg_loss", "box_loss")
     out = {}
-    opts = {m: torch.optim.SGD(m.parameters(), lr=0.0, momentum=0.9) for m in (base, libra)}
-
-    def train_step(m):
-        with EventStorage():
-            losses = m(batch)
-            opts[m].zero_grad()
-            sum(losses.values()).backward()
-            opts[m].step()
+    train_step = sgd_train_step((base, libra), batch)
 
     def infer(m):
         with torch.no_grad():
@@ -275,18 +284,9 @@ def bench_ohem(device, reps, rounds):
     """OHEM's extra cost: one training iteration of Faster R-CNN R-50-FPN with the ``ohem``
     samplers (every proposal scored by the box head first) / with detectron2's random
     sampling; same weights and inputs."""
-    from detectron2.utils.events import EventStorage
 
     base, ohem, batch = detector_pair(device, other="ohem_faster_rcnn_R_50_FPN_1x.yaml")
-    opts = {m: torch.optim.SGD(m.parameters(), lr=0.0, momentum=0.9) for m in (base, ohem)}
-
-    def train_step(m):
-        with EventStorage():
-            losses = m(batch)
-            opts[m].zero_grad()
-            sum(losses.values()).backward()
-            opts[m].step()
-
+    train_step = sgd_train_step((base, ohem), batch)
     for m in (base, ohem):
         m.train()
         train_step(m)  # warm-up
