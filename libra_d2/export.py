@@ -123,6 +123,25 @@ def _example(cfg, size, seed=0):
     return (torch.rand(3, size[0], size[1], generator=g) * 255.0).to(cfg.MODEL.DEVICE)
 
 
+@contextlib.contextmanager
+def _cascade_gradient_scaling_as_identity():
+    """While tracing: detectron2's cascade scales each stage's gradient with a Python
+    ``autograd.Function`` whose forward returns its input unchanged; TorchScript cannot save
+    a Python function call, so its ``apply`` is the identity inside the block (inference
+    has no gradient to scale) and detectron2's own afterwards."""
+    from detectron2.modeling.roi_heads import cascade_rcnn
+
+    fn = getattr(cascade_rcnn, "_ScaleGradient", None)
+    if fn is None or "apply" in vars(fn):
+        yield
+        return
+    fn.apply = staticmethod(lambda x, scale: x)
+    try:
+        yield
+    finally:
+        del fn.apply
+
+
 def trace_detector(model, example: torch.Tensor) -> torch.jit.ScriptModule:
     """``torch.jit.trace`` of :class:`ExportableDetector` (``model`` is switched to eval)."""
     wrapper = ExportableDetector(model)
@@ -130,7 +149,8 @@ def trace_detector(model, example: torch.Tensor) -> torch.jit.ScriptModule:
         # The tracer warns about every Python bool/int taken from a tensor; the ones in the
         # inference path are data-independent (checked by parity tests on other sizes).
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        return torch.jit.trace(wrapper, (example,), check_trace=False)
+        with _cascade_gradient_scaling_as_identity():
+            return torch.jit.trace(wrapper, (example,), check_trace=False)
 
 
 def size_bounds(model, cfg=None) -> Tuple[int, int]:
@@ -197,7 +217,7 @@ def export_onnx(model, example: torch.Tensor, path: str, opset: int = None, dyna
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         kwargs["dynamo"] = False
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), _cascade_gradient_scaling_as_identity():
         warnings.simplefilter("ignore")
         torch.onnx.export(wrapper, (example,), path, **kwargs)
     return path

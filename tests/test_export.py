@@ -18,6 +18,7 @@ TRACE_SIZE = (192, 256)
 CHECK_SIZES = [(161, 217), (201, 275), (233, 311)]
 CONFIGS = ["builtin/libra_rcnn_R_18_FPN_cpu.yaml", "builtin/libra_retinanet_R_18_FPN_cpu.yaml",
            "builtin/faster_rcnn_R_18_FPN_cpu.yaml"]
+CASCADE = "builtin/libra_cascade_rcnn_R_18_FPN_cpu.yaml"  # TorchScript and ONNX (tracing) only
 
 
 def _model(libra_cfg, path):
@@ -58,10 +59,13 @@ def _assert_parity(ref, out):
         used[cand[0]] = True
 
 
-@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("config", CONFIGS + [CASCADE])
 def test_traced_model_matches_eager_on_other_sizes(libra_cfg, tmp_path, config):
     cfg, model = _model(libra_cfg, config)
     traced = trace_detector(model, _example(cfg, TRACE_SIZE))
+    from detectron2.modeling.roi_heads import cascade_rcnn
+
+    assert "apply" not in vars(cascade_rcnn._ScaleGradient)  # the cascade's gradient scaling is back
     path = str(tmp_path / "model.ts")
     traced.save(path)
     loaded = torch.jit.load(path)
@@ -119,7 +123,7 @@ def test_export_tool_writes_a_file_that_loads_with_only_torch(libra_cfg, tmp_pat
     _assert_parity(_eager(model, x), _run_fresh(path, [x], tmp_path)[0])
 
 
-@pytest.mark.parametrize("config", CONFIGS[:2])
+@pytest.mark.parametrize("config", CONFIGS[:2] + [CASCADE])
 def test_onnx_export_matches_eager_with_dynamic_sizes(libra_cfg, tmp_path, config):
     """--format onnx: exported with dynamic H, W (BFP's adaptive max pooling in its gather
     form), run by onnxruntime on sizes other than the traced one."""
