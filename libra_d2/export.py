@@ -52,13 +52,6 @@ class ExportableDetector(nn.Module):
             )
         if getattr(model, "mask_on", False) or getattr(getattr(model, "roi_heads", None), "mask_on", False):
             raise TypeError("cannot export a model with a mask head: the exported signature has boxes only")
-        if branch_free and type(getattr(model, "roi_heads", None)).__name__ not in (None, "NoneType"):
-            from detectron2.modeling.roi_heads import CascadeROIHeads
-
-            if isinstance(model.roi_heads, CascadeROIHeads):
-                raise NotImplementedError(
-                    f"torch.export of a cascade ({type(model.roi_heads).__name__}) is not supported yet: "
-                    "export it with --format torchscript or onnx")
         self.model = model
         # torch.export: libra_d2.export_inference's path (no Python branch on tensor values)
         self.branch_free = bool(branch_free)
@@ -73,6 +66,10 @@ class ExportableDetector(nn.Module):
         if _is_retinanet(model):
             return ei.retinanet_detections(model, features, size)
         proposals = ei.rpn_proposals(model.proposal_generator, features, size)
+        from detectron2.modeling.roi_heads import CascadeROIHeads
+
+        if isinstance(model.roi_heads, CascadeROIHeads):
+            return ei.cascade_detections(model.roi_heads, features, proposals, size)
         return ei.box_detections(model.roi_heads, features, proposals, size)
 
     def _instances(self, image):

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torchvision.ops import nms
 
 __all__ = ["preprocess", "level_anchors", "batched_nms_offset", "rpn_proposals", "box_detections",
-           "retinanet_detections"]
+           "cascade_detections", "retinanet_detections"]
 
 
 def preprocess(model, image: torch.Tensor) -> Tuple[torch.Tensor, Tuple]:
@@ -121,6 +121,26 @@ def box_detections(roi_heads, features: Dict[str, torch.Tensor], proposals: torc
     return _fast_rcnn_postprocess(predictor, logits, deltas, proposals, image_size)
 
 
+def cascade_detections(roi_heads, features: Dict[str, torch.Tensor], proposals: torch.Tensor, image_size):
+    """Detections of a ``CascadeROIHeads`` (or ``LibraCascadeROIHeads``) on ``proposals``
+    [P, 4]: each stage pools the previous stage's boxes (clipped, none dropped), the class
+    scores are the mean of the stages' softmax scores, the boxes the last stage's; then the
+    last predictor's threshold, NMS and top-k."""
+    feats = [features[f] for f in roi_heads.box_in_features]
+    boxes, scores = proposals, None
+    n = roi_heads.num_cascade_stages
+    for k in range(n):
+        if k > 0:
+            boxes = _clip(boxes, image_size)
+        x = roi_heads.box_head[k](_pool(roi_heads.box_pooler, feats, boxes))
+        predictor = roi_heads.box_predictor[k]
+        logits, deltas = predictor(x)
+        probs = F.softmax(logits, dim=-1)
+        scores = probs if scores is None else scores + probs
+        boxes = predictor.box2box_transform.apply_deltas(deltas, boxes)  # class-agnostic: [P, 4]
+    return _fast_rcnn_postprocess_scored(predictor, scores * (1.0 / n), boxes, image_size)
+
+
 def _pool(pooler, feats: List[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
     """``ROIPooler`` on one image's boxes [P, 4] -> [P, C, S, S]: each box pooled from the
     level detectron2's ``assign_boxes_to_levels`` gives it (its pooler-format conversion
@@ -143,7 +163,12 @@ def _pool(pooler, feats: List[torch.Tensor], boxes: torch.Tensor) -> torch.Tenso
 
 def _fast_rcnn_postprocess(predictor, logits, deltas, proposals, image_size):
     boxes = predictor.box2box_transform.apply_deltas(deltas, proposals)  # [P, K*4] or [P, 4]
-    scores = F.softmax(logits, dim=-1)
+    return _fast_rcnn_postprocess_scored(predictor, F.softmax(logits, dim=-1), boxes, image_size)
+
+
+def _fast_rcnn_postprocess_scored(predictor, scores, boxes, image_size):
+    """detectron2's ``fast_rcnn_inference_single_image`` on scores [P, K+1] and boxes
+    [P, K*4] or [P, 4], branch-free."""
     valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
     boxes, scores = boxes[valid], scores[valid]
     scores = scores[:, :-1]

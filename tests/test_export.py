@@ -18,7 +18,7 @@ TRACE_SIZE = (192, 256)
 CHECK_SIZES = [(161, 217), (201, 275), (233, 311)]
 CONFIGS = ["builtin/libra_rcnn_R_18_FPN_cpu.yaml", "builtin/libra_retinanet_R_18_FPN_cpu.yaml",
            "builtin/faster_rcnn_R_18_FPN_cpu.yaml"]
-CASCADE = "builtin/libra_cascade_rcnn_R_18_FPN_cpu.yaml"  # TorchScript and ONNX (tracing) only
+CASCADE = "builtin/libra_cascade_rcnn_R_18_FPN_cpu.yaml"
 
 
 def _model(libra_cfg, path):
@@ -138,7 +138,7 @@ def test_onnx_export_matches_eager_with_dynamic_sizes(libra_cfg, tmp_path, confi
         _assert_parity(_eager(model, x), out)
 
 
-@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("config", CONFIGS + [CASCADE])
 def test_branch_free_inference_equals_eager(libra_cfg, config):
     """libra_d2.export_inference (the path torch.export traces) gives the eager detections."""
     cfg, model = _model(libra_cfg, config)
@@ -149,7 +149,8 @@ def test_branch_free_inference_equals_eager(libra_cfg, config):
             _assert_parity(_eager(model, x), wrapper(x))
 
 
-@pytest.mark.parametrize("config", [pytest.param(CONFIGS[0], marks=pytest.mark.opt_in), CONFIGS[1]])
+@pytest.mark.parametrize("config", [pytest.param(CONFIGS[0], marks=pytest.mark.opt_in), CONFIGS[1],
+                                    pytest.param(CASCADE, marks=pytest.mark.opt_in)])
 def test_torch_export_matches_eager_on_other_sizes(libra_cfg, tmp_path, config):
     """torch.export with dynamic height and width: one .pt2 serves every size in its range,
     loaded in a fresh process that imports only torch and torchvision; the export itself
@@ -170,12 +171,6 @@ def test_torch_export_matches_eager_on_other_sizes(libra_cfg, tmp_path, config):
     xs = [_example(cfg, size, seed=i + 1) for i, size in enumerate(sizes)]
     for x, out in zip(xs, _run_fresh(path, xs, tmp_path)):
         _assert_parity(_eager(model, x), out)
-
-
-def test_torch_export_refuses_a_cascade_by_name(libra_cfg):
-    cfg, model = _model(libra_cfg, "builtin/libra_cascade_rcnn_R_18_FPN_cpu.yaml")
-    with pytest.raises(NotImplementedError, match="torch.export of a cascade \\(LibraCascadeROIHeads\\)"):
-        export_program(model, _example(cfg, TRACE_SIZE))
 
 
 def test_export_rejects_unsupported_models(libra_cfg):
