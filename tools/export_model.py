@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Export a trained Faster R-CNN / RetinaNet (Libra or not) to TorchScript or ONNX.
+"""Export a trained Faster R-CNN / RetinaNet / Cascade R-CNN (Libra or not) to torch.export, TorchScript or ONNX.
 
     python tools/export_model.py --config-file configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml \\
         --output output/export --opts MODEL.WEIGHTS output/demo/model_final.pth
