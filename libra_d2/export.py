@@ -50,9 +50,12 @@ class ExportableDetector(nn.Module):
                 f"cannot export {type(model).__name__}: supported are GeneralizedRCNN (Faster R-CNN, "
                 "Libra R-CNN) and RetinaNet (incl. LibraRetinaNet)"
             )
-        if getattr(model, "mask_on", False) or getattr(getattr(model, "roi_heads", None), "mask_on", False):
-            raise TypeError("cannot export a model with a mask head: the exported signature has boxes only")
+        if getattr(getattr(model, "roi_heads", None), "keypoint_on", False):
+            raise TypeError("cannot export a model with a keypoint head: the exported signature has boxes "
+                            "(and masks) only")
         self.model = model
+        # Mask R-CNN: a fourth output, masks [N, H, W] (bool) in input pixels
+        self.with_masks = bool(getattr(getattr(model, "roi_heads", None), "mask_on", False))
         # torch.export: libra_d2.export_inference's path (no Python branch on tensor values)
         self.branch_free = bool(branch_free)
         self.eval()  # also what exporters restore afterwards
@@ -69,8 +72,12 @@ class ExportableDetector(nn.Module):
         from detectron2.modeling.roi_heads import CascadeROIHeads
 
         if isinstance(model.roi_heads, CascadeROIHeads):
-            return ei.cascade_detections(model.roi_heads, features, proposals, size)
-        return ei.box_detections(model.roi_heads, features, proposals, size)
+            dets = ei.cascade_detections(model.roi_heads, features, proposals, size)
+        else:
+            dets = ei.box_detections(model.roi_heads, features, proposals, size)
+        if self.with_masks:
+            dets = dets + (ei.mask_probabilities(model.roi_heads, features, dets[0], dets[2]),)
+        return dets
 
     def _instances(self, image):
         model = self.model
@@ -92,20 +99,31 @@ class ExportableDetector(nn.Module):
         deltas = [permute_to_N_HWA_K(x, 4) for x in deltas]
         return model.inference(anchors, logits, deltas, images.image_sizes)[0]
 
-    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.branch_free:
-            boxes, scores, classes = self._branch_free(image)
-            from .export_inference import _clip, _nonempty
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        from .export_inference import _clip, _nonempty, paste_masks
 
-            boxes = _clip(boxes, image.shape[-2:])
+        # what detectron2's post-processing does at scale 1: clip to the image, drop empty
+        # boxes, paste the masks into the image at their boxes
+        if self.branch_free:
+            dets = self._branch_free(image)
+            boxes = _clip(dets[0], image.shape[-2:])
             keep = _nonempty(boxes)
-            return boxes[keep], scores[keep], classes[keep]
-        inst = self._instances(image)
-        # what detectron2's post-processing does at scale 1: clip to the image, drop empty boxes
-        boxes = inst.pred_boxes
-        boxes.clip(inst.image_size)
-        keep = boxes.nonempty()
-        return boxes.tensor[keep], inst.scores[keep], inst.pred_classes[keep]
+            out = (boxes[keep], dets[1][keep], dets[2][keep])
+            probs = dets[3] if self.with_masks else None
+        else:
+            inst = self._instances(image)
+            boxes = inst.pred_boxes
+            boxes.clip(inst.image_size)
+            keep = boxes.nonempty()
+            out = (boxes.tensor[keep], inst.scores[keep], inst.pred_classes[keep])
+            probs = inst.pred_masks[:, 0] if self.with_masks else None
+        if probs is not None:
+            out = out + (paste_masks(probs[keep], out[0], image.shape[-2:], self.mask_threshold),)
+        return out
+
+    @property
+    def mask_threshold(self) -> float:
+        return 0.5  # detectron2's detector_postprocess default
 
 
 def default_example_size(cfg) -> Tuple[int, int]:
@@ -203,10 +221,13 @@ def export_onnx(model, example: torch.Tensor, path: str, opset: int = None, dyna
     dynamic axes, else the graph is only valid for ``example``'s size. Returns ``path``;
     raises whatever the exporter raises (the caller reports it)."""
     wrapper = ExportableDetector(model)
-    axes = {"boxes": {0: "n"}, "scores": {0: "n"}, "classes": {0: "n"}}
+    names = ["boxes", "scores", "classes"] + (["masks"] if wrapper.with_masks else [])
+    axes = {name: {0: "n"} for name in names}
+    if wrapper.with_masks:
+        axes["masks"] = {0: "n", 1: "height", 2: "width"}
     if dynamic:
         axes["image"] = {1: "height", 2: "width"}
-    kwargs = dict(input_names=["image"], output_names=["boxes", "scores", "classes"], dynamic_axes=axes)
+    kwargs = dict(input_names=["image"], output_names=names, dynamic_axes=axes)
     if opset is not None:
         kwargs["opset_version"] = opset
     import inspect
@@ -220,12 +241,13 @@ def export_onnx(model, example: torch.Tensor, path: str, opset: int = None, dyna
     return path
 
 
-def compare_detections(ref, out, box_tol: float = 1e-3, score_tol: float = 1e-5) -> dict:
-    """Compare two ``(boxes, scores, classes)`` results: counts, then a one-to-one match of
-    each reference detection with an unused output detection of the same class within
-    ``box_tol`` px and ``score_tol`` (order-free: exact score ties may come out in either
-    order). Returns counts, whether all matched, and the largest box/score differences of
-    the matched pairs (row-wise when nothing matches)."""
+def compare_detections(ref, out, box_tol: float = 1e-3, score_tol: float = 1e-5, mask_iou: float = 0.99) -> dict:
+    """Compare two ``(boxes, scores, classes[, masks])`` results: counts, then a one-to-one
+    match of each reference detection with an unused output detection of the same class
+    within ``box_tol`` px and ``score_tol`` (order-free: exact score ties may come out in
+    either order); with masks, each matched pair's mask IoU must be >= ``mask_iou``. Returns
+    counts, whether all matched, the largest box/score differences of the matched pairs
+    (row-wise when nothing matches) and, with masks, the smallest mask IoU."""
     n_ref, n_out = int(ref[0].shape[0]), int(out[0].shape[0])
     res = {"n_eager": n_ref, "n_exported": n_out, "all_matched": False, "box_max_abs": None, "score_max_abs": None}
     if n_ref != n_out:
@@ -237,7 +259,7 @@ def compare_detections(ref, out, box_tol: float = 1e-3, score_tol: float = 1e-5)
     score_d = (ref[1][:, None].float() - out[1][None, :].float()).abs()
     ok = (box_d <= box_tol) & (score_d <= score_tol) & (ref[2][:, None].long() == out[2][None, :].long())
     used = torch.zeros(n_out, dtype=torch.bool)
-    boxes, scores, matched = [], [], True
+    boxes, scores, ious, matched = [], [], [], True
     for i in range(n_ref):
         cand = (ok[i] & ~used).nonzero().flatten()
         if not len(cand):
@@ -247,6 +269,13 @@ def compare_detections(ref, out, box_tol: float = 1e-3, score_tol: float = 1e-5)
         used[j] = True
         boxes.append(float(box_d[i, j]))
         scores.append(float(score_d[i, j]))
+        if len(ref) > 3 and len(out) > 3:  # masks [N, H, W]
+            a, b = ref[3][i].bool(), out[3][j].bool()
+            union = int((a | b).sum()) if a.shape == b.shape else 0
+            ious.append(int((a & b).sum()) / union if union else float(a.shape == b.shape))
+    if ious:
+        res["mask_iou_min"] = min(ious)
+        matched = matched and res["mask_iou_min"] >= mask_iou
     res["all_matched"] = matched
     res["box_max_abs"] = max(boxes) if boxes else float(box_d.diagonal().max())
     res["score_max_abs"] = max(scores) if scores else float(score_d.diagonal().max())

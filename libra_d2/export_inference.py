@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torchvision.ops import nms
 
 __all__ = ["preprocess", "level_anchors", "batched_nms_offset", "rpn_proposals", "box_detections",
-           "cascade_detections", "retinanet_detections"]
+           "cascade_detections", "mask_probabilities", "paste_masks", "retinanet_detections"]
 
 
 def preprocess(model, image: torch.Tensor) -> Tuple[torch.Tensor, Tuple]:
@@ -139,6 +139,54 @@ def cascade_detections(roi_heads, features: Dict[str, torch.Tensor], proposals: 
         scores = probs if scores is None else scores + probs
         boxes = predictor.box2box_transform.apply_deltas(deltas, boxes)  # class-agnostic: [P, 4]
     return _fast_rcnn_postprocess_scored(predictor, scores * (1.0 / n), boxes, image_size)
+
+
+def mask_probabilities(roi_heads, features: Dict[str, torch.Tensor], boxes: torch.Tensor,
+                       classes: torch.Tensor) -> torch.Tensor:
+    """The mask head's foreground probabilities [N, M, M] for detections ``boxes`` [N, 4] of
+    ``classes`` [N]: pooled, the head's layers, the predicted class's channel (or the only
+    one, class-agnostic), sigmoid (detectron2's ``mask_rcnn_inference``)."""
+    feats = [features[f] for f in roi_heads.mask_in_features]
+    logits = _sequential(roi_heads.mask_head, _pool(roi_heads.mask_pooler, feats, boxes))
+    if logits.shape[1] == 1:
+        return logits[:, 0].sigmoid()
+    return logits[torch.arange(logits.shape[0], device=logits.device), classes].sigmoid()
+
+
+def _sequential(head, x: torch.Tensor) -> torch.Tensor:
+    """A sequential head's layers in order (``MaskRCNNConvUpsampleHead.layers``), with
+    detectron2's ``Conv2d`` (convolution, norm, activation) called through its parts: its
+    forward asks ``x.numel() == 0``, which has no answer for a data-dependent box count."""
+    from detectron2.layers import Conv2d
+
+    for layer in head.children():
+        if isinstance(layer, Conv2d):
+            x = F.conv2d(x, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+            if layer.norm is not None:
+                x = layer.norm(x)
+            if layer.activation is not None:
+                x = layer.activation(x)
+        else:
+            x = layer(x)
+    return x
+
+
+def paste_masks(probs: torch.Tensor, boxes: torch.Tensor, image_size, threshold: float = 0.5) -> torch.Tensor:
+    """Masks [N, H, W] (bool) in image pixels: each M x M probability map resampled
+    (bilinear, ``align_corners=False``) onto its box, pixel centres at +0.5, zero outside the
+    map, then thresholded, as detectron2's ``paste_masks_in_image``. Written once over the
+    whole image (detectron2 pastes each mask into a window around its box on CPU, which
+    leaves pixels out of that window at zero); memory N x H x W floats."""
+    h, w = image_size
+    x0, y0, x1, y1 = boxes[:, 0:1], boxes[:, 1:2], boxes[:, 2:3], boxes[:, 3:4]
+    ys = torch.arange(h, device=boxes.device, dtype=torch.float32) + 0.5
+    xs = torch.arange(w, device=boxes.device, dtype=torch.float32) + 0.5
+    gy = (ys[None, :] - y0) / (y1 - y0) * 2 - 1  # [N, H]
+    gx = (xs[None, :] - x0) / (x1 - x0) * 2 - 1  # [N, W]
+    n = boxes.shape[0]
+    grid = torch.stack((gx[:, None, :].expand(n, h, w), gy[:, :, None].expand(n, h, w)), dim=3)
+    out = F.grid_sample(probs[:, None].to(torch.float32), grid, align_corners=False)
+    return out[:, 0] >= threshold
 
 
 def _pool(pooler, feats: List[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ CHECK_SIZES = [(161, 217), (201, 275), (233, 311)]
 CONFIGS = ["builtin/libra_rcnn_R_18_FPN_cpu.yaml", "builtin/libra_retinanet_R_18_FPN_cpu.yaml",
            "builtin/faster_rcnn_R_18_FPN_cpu.yaml"]
 CASCADE = "builtin/libra_cascade_rcnn_R_18_FPN_cpu.yaml"
+MASK = "builtin/libra_mask_rcnn_R_18_FPN_cpu.yaml"
 
 
 def _model(libra_cfg, path):
@@ -40,7 +41,8 @@ def _eager(model, x):
     """The eager model as detectron2 users call it (post-processing at scale 1)."""
     with torch.no_grad():
         inst = model([{"image": x, "height": x.shape[1], "width": x.shape[2]}])[0]["instances"]
-    return inst.pred_boxes.tensor, inst.scores, inst.pred_classes
+    out = (inst.pred_boxes.tensor, inst.scores, inst.pred_classes)
+    return out + (inst.pred_masks,) if inst.has("pred_masks") else out
 
 
 def _assert_parity(ref, out):
@@ -53,13 +55,20 @@ def _assert_parity(ref, out):
     ok = (box_d <= 1e-3) & ((ref[1][:, None] - out[1][None, :]).abs() <= 1e-5)
     ok &= ref[2][:, None].long() == out[2][None, :].long()
     used = torch.zeros(out[0].shape[0], dtype=torch.bool)
+    assert len(out) == len(ref), (len(out), len(ref))
     for i in range(ref[0].shape[0]):
         cand = (ok[i] & ~used).nonzero().flatten()
         assert len(cand), f"eager detection {i} ({ref[0][i].tolist()}, {float(ref[1][i]):.6f}) has no exported match"
         used[cand[0]] = True
+        if len(ref) == 4:  # masks [N, H, W] in image pixels: IoU with the eager mask >= 0.99
+            a, b = ref[3][i].bool(), out[3][int(cand[0])].bool()
+            assert a.shape == b.shape, (a.shape, b.shape)
+            union = int((a | b).sum())
+            iou = int((a & b).sum()) / union if union else 1.0
+            assert iou >= 0.99, (i, iou)
 
 
-@pytest.mark.parametrize("config", CONFIGS + [CASCADE])
+@pytest.mark.parametrize("config", CONFIGS + [CASCADE, MASK])
 def test_traced_model_matches_eager_on_other_sizes(libra_cfg, tmp_path, config):
     cfg, model = _model(libra_cfg, config)
     traced = trace_detector(model, _example(cfg, TRACE_SIZE))
@@ -123,7 +132,7 @@ def test_export_tool_writes_a_file_that_loads_with_only_torch(libra_cfg, tmp_pat
     _assert_parity(_eager(model, x), _run_fresh(path, [x], tmp_path)[0])
 
 
-@pytest.mark.parametrize("config", CONFIGS[:2] + [CASCADE])
+@pytest.mark.parametrize("config", CONFIGS[:2] + [CASCADE, MASK])
 def test_onnx_export_matches_eager_with_dynamic_sizes(libra_cfg, tmp_path, config):
     """--format onnx: exported with dynamic H, W (BFP's adaptive max pooling in its gather
     form), run by onnxruntime on sizes other than the traced one."""
@@ -138,7 +147,7 @@ def test_onnx_export_matches_eager_with_dynamic_sizes(libra_cfg, tmp_path, confi
         _assert_parity(_eager(model, x), out)
 
 
-@pytest.mark.parametrize("config", CONFIGS + [CASCADE])
+@pytest.mark.parametrize("config", CONFIGS + [CASCADE, MASK])
 def test_branch_free_inference_equals_eager(libra_cfg, config):
     """libra_d2.export_inference (the path torch.export traces) gives the eager detections."""
     cfg, model = _model(libra_cfg, config)
@@ -150,7 +159,8 @@ def test_branch_free_inference_equals_eager(libra_cfg, config):
 
 
 @pytest.mark.parametrize("config", [pytest.param(CONFIGS[0], marks=pytest.mark.opt_in), CONFIGS[1],
-                                    pytest.param(CASCADE, marks=pytest.mark.opt_in)])
+                                    pytest.param(CASCADE, marks=pytest.mark.opt_in),
+                                    pytest.param(MASK, marks=pytest.mark.opt_in)])
 def test_torch_export_matches_eager_on_other_sizes(libra_cfg, tmp_path, config):
     """torch.export with dynamic height and width: one .pt2 serves every size in its range,
     loaded in a fresh process that imports only torch and torchvision; the export itself

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Export a trained Faster R-CNN / RetinaNet / Cascade R-CNN (Libra or not) to torch.export, TorchScript or ONNX.
+"""Export a trained Faster / Cascade / Mask R-CNN or RetinaNet (Libra or not) to torch.export, TorchScript or ONNX.
 
     python tools/export_model.py --config-file configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml \\
         --output output/export --opts MODEL.WEIGHTS output/demo/model_final.pth
@@ -10,7 +10,7 @@ Writes ``OUTPUT/model.pt2`` (``--format export``, the default: a ``torch.export`
 PyTorch) or ``OUTPUT/model.onnx`` (``--format onnx``). The module's ``forward(image)`` takes one float tensor [3, H, W] in the
 model's ``INPUT.FORMAT`` (BGR for detectron2's configs), pixel values 0..255, any H and W
 (already resized: no resizing inside), and returns ``(boxes [N, 4], scores [N],
-classes [N])`` with boxes in input pixels. Loading needs only ``import torch, torchvision``
+classes [N])`` with boxes in input pixels (Mask R-CNN: and ``masks [N, H, W]``, bool). Loading needs only ``import torch, torchvision``
 (the graph calls torchvision's nms/roi_align)::
 
     import torch, torchvision
