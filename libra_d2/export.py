@@ -28,7 +28,7 @@ from typing import Tuple
 import torch
 from torch import nn
 
-__all__ = ["ExportableDetector", "trace_detector", "export_program", "size_bounds", "export_onnx",
+__all__ = ["ExportableDetector", "trace_detector", "export_program", "compile_aoti", "size_bounds", "export_onnx",
            "default_example_size", "compare_detections"]
 
 
@@ -214,6 +214,18 @@ def export_program(model, example: torch.Tensor, bounds: Tuple[int, int] = None)
 
     with torch.no_grad(), _nms_fake_kernel():
         return torch.export.export(wrapper, (example,), dynamic_shapes=(dims,))
+
+
+def compile_aoti(program, path: str) -> str:
+    """AOTInductor: compile an ``ExportedProgram`` (:func:`export_program`) into a package
+    at ``path`` (``.pt2``) for the program's device; load it with
+    ``torch._inductor.aoti_load_package(path)`` (torch and torchvision only). Slow: minutes
+    on a 2-core CPU."""
+    import torchvision  # noqa: F401
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with _nms_fake_kernel():  # inductor traces the fake kernels again
+        return torch._inductor.aoti_compile_and_package(program, package_path=path)
 
 
 def export_onnx(model, example: torch.Tensor, path: str, opset: int = None, dynamic: bool = True) -> str:

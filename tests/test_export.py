@@ -183,6 +183,30 @@ def test_torch_export_matches_eager_on_other_sizes(libra_cfg, tmp_path, config):
         _assert_parity(_eager(model, x), out)
 
 
+@pytest.mark.opt_in
+@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[1], CASCADE, MASK])
+def test_aoti_package_matches_eager_on_other_sizes(libra_cfg, tmp_path, config):
+    """AOTInductor (CPU): the compiled package of the torch.export program matches eager on
+    the check sizes, loaded in a fresh process (minutes per model on 2 cores: opt-in)."""
+    from libra_d2.export import compile_aoti
+
+    cfg, model = _model(libra_cfg, config)
+    path = compile_aoti(export_program(model, _example(cfg, TRACE_SIZE)), str(tmp_path / "model_aoti.pt2"))
+    script_path = str(tmp_path / "model_aoti.pt2")
+    xs = [_example(cfg, size, seed=i + 1) for i, size in enumerate(CHECK_SIZES)]
+    torch.save(xs, str(tmp_path / "x.pt"))
+    script = (
+        "import sys, torch, torchvision\n"
+        "m = torch._inductor.aoti_load_package(sys.argv[1])\n"
+        "torch.save([m(x) for x in torch.load(sys.argv[2])], sys.argv[3])\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script, script_path, str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+                         capture_output=True, text=True, cwd=str(tmp_path))
+    assert res.returncode == 0 and path, res.stderr[-3000:]
+    for x, out in zip(xs, torch.load(str(tmp_path / "y.pt"))):
+        _assert_parity(_eager(model, x), tuple(out))
+
+
 def test_export_rejects_unsupported_models(libra_cfg):
     from torch import nn
 

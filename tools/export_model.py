@@ -38,9 +38,10 @@ def get_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config-file", required=True, metavar="FILE")
     p.add_argument("--output", required=True, help="folder for model.ts / model.onnx")
-    p.add_argument("--format", choices=["export", "torchscript", "onnx"], default="export",
-                   help="torchscript: model.ts (traced); onnx: model.onnx; export: model.pt2 "
-                        "(torch.export ExportedProgram, dynamic height and width)")
+    p.add_argument("--format", choices=["export", "aoti", "torchscript", "onnx"], default="export",
+                   help="export: model.pt2 (torch.export ExportedProgram, dynamic height and width); "
+                        "aoti: model_aoti.pt2 (that program compiled by AOTInductor; minutes); "
+                        "torchscript: model.ts (traced); onnx: model.onnx")
     p.add_argument("--size", default=None, metavar="HxW",
                    help="input size used to trace (default: INPUT.MIN_SIZE_TEST x 4/3 of it)")
     p.add_argument("--check-sizes", nargs="*", default=DEFAULT_CHECK_SIZES, metavar="HxW",
@@ -95,18 +96,22 @@ def main(argv=None):
         traced.save(path)
         loaded = torch.jit.load(path, map_location=cfg.MODEL.DEVICE)
         run = loaded
-    elif args.format == "export":
-        from libra_d2.export import export_program, size_bounds
+    elif args.format in ("export", "aoti"):
+        from libra_d2.export import compile_aoti, export_program, size_bounds
 
-        path = os.path.join(args.output, "model.pt2")
+        path = os.path.join(args.output, "model.pt2" if args.format == "export" else "model_aoti.pt2")
         lo, hi = size_bounds(model, cfg)
         try:
             program = export_program(model, example, (lo, hi))
         except Exception as e:  # the exporter's own message names the failing expression
             msg = str(e).split("\n")[0]
             sys.exit(f"[export] torch.export failed for {cfg.MODEL.META_ARCHITECTURE}: {type(e).__name__}: {msg}")
-        torch.export.save(program, path)
-        run = torch.export.load(path).module()
+        if args.format == "export":
+            torch.export.save(program, path)
+            run = torch.export.load(path).module()
+        else:
+            compile_aoti(program, path)
+            run = torch._inductor.aoti_load_package(path)
         print(f"[export] height and width: {lo} to {hi}")
     else:
         path = os.path.join(args.output, "model.onnx")
