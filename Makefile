@@ -1,6 +1,6 @@
 # libra-d2: two commands do everything on a fresh machine.
 #   make demo   set up .venv, generate the built-in dataset, train + evaluate Libra R-CNN on CPU
-#   make test   set up .venv, run the test suite (make test-export: the long export checks too)
+#   make test   set up .venv, run the test suite (make test-long: the long checks left out)
 # Options: DETECTRON2_SRC=/path/to/detectron2 (build that source tree instead of the 0.6
 # fallback), VENV=folder (default .venv), TORCH_SPEC="torch==... torchvision==...".
 SHELL := /bin/bash
@@ -26,7 +26,7 @@ ABLATION_OUT ?= output/ablation_builtin
 ABLATION_ARGS ?= --preset builtin --seeds 42 1 2 --jobs 2
 ABLATION_OPTS ?=
 
-.PHONY: setup demo test test-export lint bench ablation clean
+.PHONY: setup demo test test-long lint bench ablation clean
 
 setup:
 	@bash tools/setup_env.sh
@@ -39,9 +39,10 @@ TEST_WORKERS ?= 2
 test: setup
 	$(PY) -m pytest -q $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS)) $(PYTEST_ARGS)
 
-# the export combinations left out of `make test` (marker opt_in: slow torch.export / TorchScript runs)
-test-export: setup
-	$(PY) -m pytest -q -m opt_in tests/test_export.py $(PYTEST_ARGS)
+# the long checks left out of `make test` (marker opt_in: torch.export / AOTInductor / TorchScript
+# combinations, a second kill-and-resume pipeline); AOTInductor compiles take minutes each
+test-long: setup
+	$(PY) -m pytest -q -m opt_in $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS)) $(PYTEST_ARGS)
 
 lint: setup
 	$(PY) -m ruff check libra_d2 tests tools benchmarks train_net.py

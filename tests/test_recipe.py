@@ -17,7 +17,7 @@ CONFIGS = {
     "builtin/libra_retinanet_R_18_FPN_cpu.yaml": (1, 2),
     "builtin/retinanet_R_18_FPN_cpu.yaml": (3,),
 }
-ITERS = 24
+ITERS = 20
 
 
 def _train(cfg, seed, batches):
