@@ -61,7 +61,7 @@ def _ablate(shapes_root, out, *extra):
     cmd = [sys.executable, os.path.join(ROOT, "tools/ablate.py"), "-o", out, "--seeds", "7",
            "--base", "configs/builtin/faster_rcnn_R_18_FPN_cpu.yaml",
            "--switch", "bl1=MODEL.ROI_HEADS.NAME LibraROIHeads MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE balanced_l1", *extra,
-           "--", *TINY, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2"]
+           "--", *TINY, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.DETECTIONS_PER_IMAGE", "20"]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout

@@ -75,7 +75,7 @@ def test_libra_rcnn_trains_evaluates_and_eval_only_matches(shapes_root, tmp_path
 def test_libra_retinanet_trains_and_evaluates(shapes_root, tmp_path):
     out = str(tmp_path / "retina")
     cfg = os.path.join(ROOT, "configs/builtin/libra_retinanet_R_18_FPN_cpu.yaml")
-    run_train_net(shapes_root, "--config-file", cfg, *TINY, "SOLVER.MAX_ITER", "20", "OUTPUT_DIR", out)
+    run_train_net(shapes_root, "--config-file", cfg, *TINY, "SOLVER.MAX_ITER", "12", "OUTPUT_DIR", out)
     with open(os.path.join(out, "eval_results.json")) as f:
         res = json.load(f)
     assert "AP" in res["bbox"]

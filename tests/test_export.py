@@ -105,7 +105,7 @@ def _run_fresh(path, xs, tmp_path):
     return torch.load(str(tmp_path / "y.pt"))
 
 
-@pytest.mark.parametrize("fmt", ["export", pytest.param("torchscript", marks=pytest.mark.opt_in)])
+@pytest.mark.parametrize("fmt", [pytest.param(f, marks=pytest.mark.opt_in) for f in ("export", "torchscript")])
 def test_export_tool_writes_a_file_that_loads_with_only_torch(libra_cfg, tmp_path, fmt):
     """tools/export_model.py on the built-in Libra R-CNN (default format: export); the file
     is then run in a fresh process that imports only torch and torchvision, on a size not
@@ -161,8 +161,7 @@ def test_branch_free_inference_equals_eager(libra_cfg, config):
             _assert_parity(_eager(model, x), wrapper(x))
 
 
-@pytest.mark.parametrize("config", [pytest.param(CONFIGS[0], marks=pytest.mark.opt_in),
-                                    pytest.param(CONFIGS[1], marks=pytest.mark.opt_in),
+@pytest.mark.parametrize("config", [pytest.param(CONFIGS[0], marks=pytest.mark.opt_in), CONFIGS[1],
                                     pytest.param(CASCADE, marks=pytest.mark.opt_in),
                                     pytest.param(MASK, marks=pytest.mark.opt_in)])
 def test_torch_export_matches_eager_on_other_sizes(libra_cfg, tmp_path, config):

@@ -62,7 +62,8 @@ def test_mask_head_trains_on_the_balanced_positives(libra_cfg):
 def test_builtin_mask_rcnn_trains_and_evaluates_bbox_and_segm(shapes_root, tmp_path):
     out = str(tmp_path / "mask")
     run_train_net(shapes_root, "--config-file", os.path.join(ROOT, "configs/builtin/libra_mask_rcnn_R_18_FPN_cpu.yaml"),
-                  *TINY, "DATASETS.TEST", "('libra_shapes_segm_val_mini',)", "SOLVER.MAX_ITER", "6", "OUTPUT_DIR", out)
+                  *TINY, "DATASETS.TEST", "('libra_shapes_segm_val_mini',)", "SOLVER.MAX_ITER", "6",
+                  "TEST.DETECTIONS_PER_IMAGE", "20", "OUTPUT_DIR", out)
     with open(os.path.join(out, "eval_results.json")) as f:
         res = json.load(f)
     assert {"bbox", "segm"} <= set(res) and "AP" in res["segm"]
