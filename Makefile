@@ -37,7 +37,7 @@ demo: setup
 # TEST_WORKERS: pytest-xdist processes (each gets cores/TEST_WORKERS threads; 1: no xdist)
 TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS)) $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist worksteal) $(PYTEST_ARGS)
 
 # the long checks left out of `make test` (marker opt_in: torch.export / AOTInductor / TorchScript
 # combinations, a second kill-and-resume pipeline); AOTInductor compiles take minutes each

@@ -53,7 +53,7 @@ def same_ap(a, b):
 def test_libra_rcnn_trains_evaluates_and_eval_only_matches(shapes_root, tmp_path):
     out = str(tmp_path / "libra")
     cfg = os.path.join(ROOT, "configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml")
-    run_train_net(shapes_root, "--config-file", cfg, *TINY, "SOLVER.MAX_ITER", "40", "SOLVER.CHECKPOINT_PERIOD", "20", "OUTPUT_DIR", out)
+    run_train_net(shapes_root, "--config-file", cfg, *TINY, "SOLVER.MAX_ITER", "30", "SOLVER.CHECKPOINT_PERIOD", "15", "OUTPUT_DIR", out)
     for f in ("config.yaml", "model_final.pth", "eval_results.json", "last_checkpoint"):
         assert os.path.isfile(os.path.join(out, f)), f
     with open(os.path.join(out, "eval_results.json")) as f:
