@@ -68,6 +68,7 @@ def _ablate(shapes_root, out, *extra):
 
 
 @pytest.mark.slow
+@pytest.mark.opt_in  # three ablate.py runs with trainings (~110 s of a core): make test-long
 def test_ablation_skips_finished_and_resumes_interrupted_runs(shapes_root, tmp_path):
     out = str(tmp_path / "abl")
     first = _ablate(shapes_root, out, "--only", "baseline")
