@@ -90,7 +90,9 @@ def test_traced_model_matches_eager_on_other_sizes(libra_cfg, tmp_path, config):
 
 FRESH = (
     "import sys, torch, torchvision\n"
-    "m = torch.jit.load(sys.argv[1]) if sys.argv[1].endswith('.ts') else torch.export.load(sys.argv[1]).module()\n"
+    "p = sys.argv[1]\n"
+    "m = (torch.jit.load(p) if p.endswith('.ts') else torch._inductor.aoti_load_package(p)\n"
+    "     if p.endswith('_aoti.pt2') else torch.export.load(p).module())\n"
     "torch.save([m(x) for x in torch.load(sys.argv[2])], sys.argv[3])\n"
     "assert not any(k.split('.')[0] in ('detectron2', 'libra_d2') for k in sys.modules), 'imported detectron2'\n"
 )
@@ -195,18 +197,8 @@ def test_aoti_package_matches_eager_on_other_sizes(libra_cfg, tmp_path, config):
 
     cfg, model = _model(libra_cfg, config)
     path = compile_aoti(export_program(model, _example(cfg, TRACE_SIZE)), str(tmp_path / "model_aoti.pt2"))
-    script_path = str(tmp_path / "model_aoti.pt2")
     xs = [_example(cfg, size, seed=i + 1) for i, size in enumerate(CHECK_SIZES)]
-    torch.save(xs, str(tmp_path / "x.pt"))
-    script = (
-        "import sys, torch, torchvision\n"
-        "m = torch._inductor.aoti_load_package(sys.argv[1])\n"
-        "torch.save([m(x) for x in torch.load(sys.argv[2])], sys.argv[3])\n"
-    )
-    res = subprocess.run([sys.executable, "-c", script, script_path, str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
-                         capture_output=True, text=True, cwd=str(tmp_path))
-    assert res.returncode == 0 and path, res.stderr[-3000:]
-    for x, out in zip(xs, torch.load(str(tmp_path / "y.pt"))):
+    for x, out in zip(xs, _run_fresh(str(path), xs, tmp_path)):
         _assert_parity(_eager(model, x), tuple(out))
 
 
