@@ -91,8 +91,21 @@ def test_ablation_skips_finished_and_resumes_interrupted_runs(shapes_root, tmp_p
     with open(os.path.join(out, "ablation.json")) as f:
         data = json.load(f)
     assert {r["name"] for r in data["runs"] if r["metrics"]} == {"baseline", "bl1"}
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert {r["commit"].split("+")[0] for r in data["runs"]} == {head}  # the checkout that trained each run
     assert data["report"]["differences"]["bl1"]["AP"]["verdict"].startswith("not enough runs")
     assert os.path.isfile(os.path.join(out, "ablation.md"))
+
+
+def test_source_commit_names_this_checkout(monkeypatch, tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import ablate
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = ablate.source_commit()
+    assert head and commit.split("+")[0] == head[: len(commit.split("+")[0])] and len(commit.split("+")[0]) >= 7
+    monkeypatch.setattr(ablate, "ROOT", str(tmp_path))  # not a git checkout: no commit, no error
+    assert ablate.source_commit() is None
 
 
 def test_builtin_preset_plan_and_per_group_baselines():
@@ -183,9 +196,12 @@ def test_sampling_and_rpn_presets_report_proposal_recall_from_finished_runs(tmp_
         d.mkdir(parents=True)
         res = {"box_proposals": {"AR@100": ar, "AR@1000": ar + 10, "ARs@100": ar - 5, "ARm@100": ar, "ARl@100": ar + 5}}
         (d / "eval_results.json").write_text(json.dumps(res))
+    (out / "libra_rpn" / "seed2" / "ablate_run.json").write_text(json.dumps({"commit": "abc1234", "seconds": 1.0}))
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools/ablate.py"), "--preset", "builtin-rpn", "--seeds",
                            "1", "2", "-o", str(out), "--report-only"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    runs = {(r["name"], r["seed"]): r for r in json.loads((out / "ablation.json").read_text())["runs"]}
+    assert runs[("libra_rpn", 2)]["commit"] == "abc1234" and "commit" not in runs[("libra_rpn", 1)]
     report = json.loads((out / "ablation.json").read_text())["report"]
     assert report["task"] == "box_proposals" and report["metrics"][:2] == ["AR@100", "AR@1000"]
     assert abs(report["configs"]["libra_rpn"]["AR@1000"]["mean"] - 56.5) < 1e-9

@@ -15,7 +15,8 @@
 
 ``--jobs N`` runs N trainings at once (CPU: threads split between them; GPU users pass
 ``--train-args "--num-gpus K"`` and keep one job). Run ``(variant, seed)`` trains in ``OUT/<variant>/seed<seed>`` with ``SEED <seed>``. A run
-whose ``eval_results.json`` exists is skipped; one with a checkpoint but no results is
+whose ``eval_results.json`` exists is skipped (its record keeps the commit that trained it, from
+``ablate_run.json``); one with a checkpoint but no results is
 resumed (``--resume``, exact). One progress line per run. ``OUT/ablation.json`` (every run's
 variant, config, options, seed, metrics) and ``OUT/ablation.md`` (mean ± std per variant;
 paired differences with 95% Student-t intervals and verdicts) are rewritten after every run,
@@ -156,6 +157,23 @@ def write_outputs(out_dir, variants, baseline, runs, title):
     return report
 
 
+def source_commit():
+    """Short hash of the checkout that trains (``+dirty`` when tracked files differ from it), or
+    None outside a git checkout: each run's record names the code that produced it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=30)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=ROOT, timeout=30).returncode != 0
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+RUN_INFO = "ablate_run.json"  # per run folder: the commit (and wall time) of the training that wrote it
+
+
 def run_one(args, v, seed, tag, only, env):
     """Train/resume one (variant, seed) unless finished; returns its run record."""
     out = os.path.join(args.output_dir, v.name, f"seed{seed}")
@@ -172,11 +190,16 @@ def run_one(args, v, seed, tag, only, env):
         with open(os.path.join(out, "ablate_stdout.log"), "a") as log:
             rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         run["seconds"] = round(time.time() - t0, 1)
+        with open(os.path.join(out, RUN_INFO), "w") as f:
+            json.dump({"commit": source_commit(), "seconds": run["seconds"], "resumed": status == "partial"}, f)
         if rc != 0:
             run["error"] = f"train_net.py exit code {rc}; see {out}/ablate_stdout.log"
             print(f"{tag} FAILED ({run['error']})", flush=True)
         status = run_status(out)
     if status == "done":
+        if os.path.isfile(os.path.join(out, RUN_INFO)):
+            with open(os.path.join(out, RUN_INFO)) as f:
+                run["commit"] = json.load(f).get("commit")
         by_task = load_metrics_by_task(out)
         task = primary_task(by_task)
         run["metrics"] = by_task.get(task, {})
