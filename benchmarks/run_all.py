@@ -24,9 +24,12 @@ reported as a ratio of medians; the machine (CPU model, cores, torch) is recorde
   subprocess (peak RSS above the pre-run RSS; the kernel's peak mark is reset first). Target <= 5.0; the plain-matmul path's
   figure is printed beside it.
 
-* export_torchscript_latency_ratio / export_onnxruntime_latency_ratio: the exported built-in
-  Libra R-CNN (tools/export_model.py's module; ONNX through onnxruntime) / the eager model,
-  one 192x256 image. Informational (no target).
+* export_torchscript_latency_ratio / export_onnxruntime_latency_ratio /
+  export_torch_export_latency_ratio: the exported built-in Libra R-CNN (tools/export_model.py's
+  artefacts: traced module, ONNX through onnxruntime, the ExportedProgram's module) / the eager
+  model, one 192x256 image. ``--only export_aoti`` adds the AOTInductor package
+  (export_aoti_latency_ratio; opt-in: its compile takes ~15 minutes on 2 cores).
+  Informational (no target).
 * padded_px_per_batch_grouped / _ungrouped, padding_share_*: padding in training batches of
   the mixed-aspect built-in data with aspect-ratio grouping on / off (exact-resume loader).
 
@@ -445,7 +448,52 @@ def bench_export(device, reps, rounds):
         ratio, to, te, _ = paired_ratio(lambda: session.run(None, feed), lambda: run(eager), device, rounds, reps)
     out["export_onnxruntime_latency_ratio"] = ratio
     out["export_onnxruntime_ms"] = to * 1e3
+    out.update(_bench_program(model, x, eager, device, rounds, reps, aoti=False))
     return out
+
+
+def _bench_program(model, x, eager, device, rounds, reps, aoti):
+    """torch.export's ExportedProgram (``.module()``, the default format's artefact) or its
+    AOTInductor package, against the eager wrapper on the same image."""
+    import tempfile
+
+    from libra_d2.export import compile_aoti, export_program
+
+    program = export_program(model, x)
+    if aoti:
+        with tempfile.TemporaryDirectory() as d:
+            fn = torch._inductor.aoti_load_package(compile_aoti(program, os.path.join(d, "model.pt2")))
+    else:
+        fn = program.module()
+    key = "aoti" if aoti else "torch_export"
+
+    def run(f):
+        with torch.no_grad():
+            f(x)
+
+    for _ in range(3):
+        run(fn)
+        run(eager)
+    ratio, tp, _, _ = paired_ratio(lambda: run(fn), lambda: run(eager), device, rounds, reps)
+    return {f"export_{key}_latency_ratio": ratio, f"export_{key}_ms": tp * 1e3}
+
+
+def bench_export_aoti(device, reps, rounds):
+    """Opt-in (``--only export_aoti``: the AOTInductor compile takes ~15 minutes on 2 cores)."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    import libra_d2
+    from libra_d2.export import ExportableDetector, _example
+
+    cfg = get_cfg()
+    libra_d2.add_libra_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, "configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml"))
+    cfg.MODEL.DEVICE = device.type
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    x = _example(cfg, (192, 256)).to(device)
+    return _bench_program(model, x, ExportableDetector(model), device, rounds, reps, aoti=True)
 
 
 def bench_grouping(device, reps, rounds):
@@ -507,7 +555,7 @@ def main(argv=None):
     device = torch.device(args.device)
     results = {"machine": machine(device)}
     benches = {"sampler": bench_sampler, "detector": bench_detector, "ohem": bench_ohem, "cpu_bf16": bench_cpu_bf16, "bfp_memory": bench_bfp_memory,
-               "export": bench_export, "grouping": bench_grouping}
+               "export": bench_export, "export_aoti": bench_export_aoti, "grouping": bench_grouping}
     for name in args.only.split(","):
         t = time.time()
         if not args.quiet:
