@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 __all__ = ["ExportableDetector", "trace_detector", "export_program", "compile_aoti", "size_bounds", "export_onnx",
-           "default_example_size", "compare_detections"]
+           "ONNX_EXPORTERS", "default_example_size", "compare_detections"]
 
 
 def _is_retinanet(model) -> bool:
@@ -228,12 +228,48 @@ def compile_aoti(program, path: str) -> str:
         return torch._inductor.aoti_compile_and_package(program, package_path=path)
 
 
-def export_onnx(model, example: torch.Tensor, path: str, opset: int = None, dynamic: bool = True) -> str:
-    """Export through the TorchScript exporter (``dynamo=False``); ``dynamic``: H and W are
-    dynamic axes, else the graph is only valid for ``example``'s size. Returns ``path``;
-    raises whatever the exporter raises (the caller reports it)."""
+ONNX_EXPORTERS = ("dynamo", "torchscript")
+
+
+def onnx_output_names(model) -> list:
+    return ["boxes", "scores", "classes"] + (["masks"] if ExportableDetector(model).with_masks else [])
+
+
+def export_onnx(model, example: torch.Tensor, path: str, opset: int = None, dynamic: bool = True,
+                exporter: str = "dynamo", program=None) -> str:
+    """Write ``model`` as ONNX to ``path`` (returned); inputs ``image`` [3, H, W], outputs
+    boxes, scores, classes (and masks for a mask head).
+
+    ``exporter="dynamo"`` (default): torch's exporter built on torch.export, fed the
+    :func:`export_program` of libra-d2's branch-free inference (dynamic H and W within
+    :func:`size_bounds`); torchvision's NMS
+    and RoIAlign become ONNX ``NonMaxSuppression`` / ``RoiAlign`` through onnxscript, which it
+    needs. ``exporter="torchscript"``: the older TorchScript-based exporter (``dynamo=False``)
+    on the eager module, whose deprecation warnings it silences; ``dynamic``: H and W are
+    dynamic axes. ``program``: an :func:`export_program` of ``model`` made already (dynamo
+    only; saves exporting twice). Raises whatever the exporter raises (the caller reports it)."""
+    if exporter not in ONNX_EXPORTERS:
+        raise ValueError(f"exporter={exporter!r}: expected one of {ONNX_EXPORTERS}")
+    names = onnx_output_names(model)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if exporter == "dynamo":
+        try:
+            import onnxscript  # noqa: F401
+        except ImportError as e:
+            raise ImportError("ONNX export with exporter='dynamo' needs onnxscript (pip install onnxscript, or the "
+                              "project's 'export' extra); exporter='torchscript' works without it") from e
+        if not dynamic:
+            raise ValueError("dynamic=False is an option of exporter='torchscript'; the dynamo exporter's graph "
+                             "always takes every size within size_bounds(model)")
+        if program is None:
+            program = export_program(model, example)
+        kwargs = {} if opset is None else {"opset_version": opset}
+        with torch.no_grad(), _nms_fake_kernel():
+            onnx_program = torch.onnx.export(program, (example,), dynamo=True, input_names=["image"],
+                                             output_names=names, optimize=True, verbose=False, **kwargs)
+        onnx_program.save(path)
+        return path
     wrapper = ExportableDetector(model)
-    names = ["boxes", "scores", "classes"] + (["masks"] if wrapper.with_masks else [])
     axes = {name: {0: "n"} for name in names}
     if wrapper.with_masks:
         axes["masks"] = {0: "n", 1: "height", 2: "width"}
@@ -246,7 +282,6 @@ def export_onnx(model, example: torch.Tensor, path: str, opset: int = None, dyna
 
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         kwargs["dynamo"] = False
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings(), _cascade_gradient_scaling_as_identity():
         warnings.simplefilter("ignore")
         torch.onnx.export(wrapper, (example,), path, **kwargs)

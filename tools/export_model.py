@@ -7,7 +7,9 @@
 Writes ``OUTPUT/model.pt2`` (``--format export``, the default: a ``torch.export``
 ``ExportedProgram``, height and width dynamic from the coarsest stride + 1 to 2048),
 ``OUTPUT/model.ts`` (``--format torchscript``, traced; TorchScript is deprecated in current
-PyTorch) or ``OUTPUT/model.onnx`` (``--format onnx``). The module's ``forward(image)`` takes one float tensor [3, H, W] in the
+PyTorch) or ``OUTPUT/model.onnx`` (``--format onnx``: torch's exporter built on torch.export,
+from the same program as ``--format export``, dynamic height and width; needs onnxscript;
+``--onnx-exporter torchscript`` uses the older TorchScript-based exporter). The module's ``forward(image)`` takes one float tensor [3, H, W] in the
 model's ``INPUT.FORMAT`` (BGR for detectron2's configs), pixel values 0..255, any H and W
 (already resized: no resizing inside), and returns ``(boxes [N, 4], scores [N],
 classes [N])`` with boxes in input pixels (Mask R-CNN: and ``masks [N, H, W]``, bool). Loading needs only ``import torch, torchvision``
@@ -42,6 +44,9 @@ def get_parser():
                    help="export: model.pt2 (torch.export ExportedProgram, dynamic height and width); "
                         "aoti: model_aoti.pt2 (that program compiled by AOTInductor; minutes); "
                         "torchscript: model.ts (traced); onnx: model.onnx")
+    p.add_argument("--onnx-exporter", choices=["dynamo", "torchscript"], default="dynamo",
+                   help="with --format onnx: dynamo (torch.export-based, default; needs onnxscript) or "
+                        "torchscript (the older exporter)")
     p.add_argument("--size", default=None, metavar="HxW",
                    help="input size used to trace (default: INPUT.MIN_SIZE_TEST x 4/3 of it)")
     p.add_argument("--check-sizes", nargs="*", default=DEFAULT_CHECK_SIZES, metavar="HxW",
@@ -116,10 +121,11 @@ def main(argv=None):
     else:
         path = os.path.join(args.output, "model.onnx")
         try:
-            export_onnx(model, example, path)
+            export_onnx(model, example, path, exporter=args.onnx_exporter)
         except Exception as e:  # the exporter's own message names the op
             msg = str(e).split("\n")[0]
-            sys.exit(f"[export] ONNX export failed: {type(e).__name__}: {msg}")
+            sys.exit(f"[export] ONNX export ({args.onnx_exporter} exporter) failed for "
+                     f"{cfg.MODEL.META_ARCHITECTURE}: {type(e).__name__}: {msg}")
         try:
             import onnxruntime as ort
         except ImportError:

@@ -94,7 +94,7 @@ else
   echo "$INSTALLER_ID" > "$INSTALLER_RECORD"
 fi
 
-say "libra-d2: installing the package in editable mode with its dev extras (fvcore, pycocotools, opencv, pytest, pytest-xdist, ruff, onnx, onnxruntime)"
+say "libra-d2: installing the package in editable mode with its dev extras (fvcore, pycocotools, opencv, pytest, pytest-xdist, ruff, onnx, onnxruntime, onnxscript)"
 "$PY" -c "import setuptools, sys; v = tuple(int(x) for x in setuptools.__version__.split('.')[:1]); sys.exit(v < (64,))" \
   || $PIP install -c "$CONSTRAINTS" "setuptools>=64"
 $PIP install -c "$CONSTRAINTS" --no-build-isolation -e ".[dev]"
