@@ -394,25 +394,31 @@ def bench_bfp_memory(device, reps, rounds):
     return out
 
 
-def bench_export(device, reps, rounds):
-    """Exported built-in Libra R-CNN (random weights, one 192x256 image, up to 100 detections)
-    against the same model run eagerly through the export wrapper: TorchScript and, where
-    onnxruntime is installed (CPU only), ONNX."""
-    import tempfile
-
+def _export_bench_model(device):
+    """The built-in Libra R-CNN (seeded random weights, eval mode) and one 192x256 input."""
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
     import libra_d2
-    from libra_d2.export import ExportableDetector, _example, export_onnx, trace_detector
+    from libra_d2.export import _example
 
     cfg = get_cfg()
     libra_d2.add_libra_config(cfg)
     cfg.merge_from_file(os.path.join(ROOT, "configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml"))
     cfg.MODEL.DEVICE = device.type
     torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    x = _example(cfg, (192, 256))
+    return build_model(cfg).eval(), _example(cfg, (192, 256)).to(device)
+
+
+def bench_export(device, reps, rounds):
+    """Exported built-in Libra R-CNN (random weights, one 192x256 image, up to 100 detections)
+    against the same model run eagerly through the export wrapper: TorchScript and, where
+    onnxruntime is installed (CPU only), ONNX."""
+    import tempfile
+
+    from libra_d2.export import ExportableDetector, export_onnx, trace_detector
+
+    model, x = _export_bench_model(device)
     eager = ExportableDetector(model)
     traced = trace_detector(model, x)
     out = {}
@@ -480,19 +486,9 @@ def _bench_program(model, x, eager, device, rounds, reps, aoti):
 
 def bench_export_aoti(device, reps, rounds):
     """Opt-in (``--only export_aoti``: the AOTInductor compile takes ~15 minutes on 2 cores)."""
-    from detectron2.config import get_cfg
-    from detectron2.modeling import build_model
+    from libra_d2.export import ExportableDetector
 
-    import libra_d2
-    from libra_d2.export import ExportableDetector, _example
-
-    cfg = get_cfg()
-    libra_d2.add_libra_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, "configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml"))
-    cfg.MODEL.DEVICE = device.type
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    x = _example(cfg, (192, 256)).to(device)
+    model, x = _export_bench_model(device)
     return _bench_program(model, x, ExportableDetector(model), device, rounds, reps, aoti=True)
 
 
