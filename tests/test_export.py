@@ -150,7 +150,8 @@ def _assert_onnx_parity(model, cfg, path):
         _assert_parity(_eager(model, x), out)
 
 
-@pytest.mark.parametrize("config", CONFIGS[:2] + [CASCADE, MASK])
+@pytest.mark.parametrize("config", [pytest.param(CONFIGS[0], marks=pytest.mark.opt_in), CONFIGS[1],
+                                    pytest.param(CASCADE, marks=pytest.mark.opt_in), MASK])
 def test_onnx_torchscript_exporter_matches_eager_with_dynamic_sizes(libra_cfg, tmp_path, config):
     """exporter="torchscript": exported with dynamic H, W (BFP's adaptive max pooling in its
     gather form), run by onnxruntime on sizes other than the traced one."""
