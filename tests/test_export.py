@@ -231,10 +231,16 @@ def test_torch_export_matches_eager_on_other_sizes(libra_cfg, tmp_path, config):
 @pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[1], CASCADE, MASK])
 def test_aoti_package_matches_eager_on_other_sizes(libra_cfg, tmp_path, config):
     """AOTInductor (CPU): the compiled package of the torch.export program matches eager on
-    the check sizes, loaded in a fresh process (minutes per model on 2 cores: opt-in)."""
+    the check sizes, loaded in a fresh process (minutes per model on 2 cores: opt-in). Mask
+    R-CNN is refused with a message naming it (its package returned wrong masks: mask IoU
+    0.09 with eager, boxes right)."""
     from libra_d2.export import compile_aoti
 
     cfg, model = _model(libra_cfg, config)
+    if config == MASK:
+        with pytest.raises(NotImplementedError, match="not supported for Mask R-CNN"):
+            compile_aoti(export_program(model, _example(cfg, TRACE_SIZE)), str(tmp_path / "model_aoti.pt2"))
+        return
     path = compile_aoti(export_program(model, _example(cfg, TRACE_SIZE)), str(tmp_path / "model_aoti.pt2"))
     xs = [_example(cfg, size, seed=i + 1) for i, size in enumerate(CHECK_SIZES)]
     for x, out in zip(xs, _run_fresh(str(path), xs, tmp_path)):

@@ -115,7 +115,10 @@ def main(argv=None):
             torch.export.save(program, path)
             run = torch.export.load(path).module()
         else:
-            compile_aoti(program, path)
+            try:
+                compile_aoti(program, path)
+            except NotImplementedError as e:
+                sys.exit(f"[export] {cfg.MODEL.META_ARCHITECTURE} ({cfg.MODEL.ROI_HEADS.NAME}), --format aoti: {e}")
             run = torch._inductor.aoti_load_package(path)
         print(f"[export] height and width: {lo} to {hi}")
     else:
