@@ -241,10 +241,6 @@ def compile_aoti(program, path: str) -> str:
 ONNX_EXPORTERS = ("dynamo", "torchscript")
 
 
-def onnx_output_names(model) -> list:
-    return ["boxes", "scores", "classes"] + (["masks"] if ExportableDetector(model).with_masks else [])
-
-
 def export_onnx(model, example: torch.Tensor, path: str, opset: int = None, dynamic: bool = True,
                 exporter: str = "dynamo", program=None) -> str:
     """Write ``model`` as ONNX to ``path`` (returned); inputs ``image`` [3, H, W], outputs
@@ -260,7 +256,8 @@ def export_onnx(model, example: torch.Tensor, path: str, opset: int = None, dyna
     only; saves exporting twice). Raises whatever the exporter raises (the caller reports it)."""
     if exporter not in ONNX_EXPORTERS:
         raise ValueError(f"exporter={exporter!r}: expected one of {ONNX_EXPORTERS}")
-    names = onnx_output_names(model)
+    wrapper = ExportableDetector(model)
+    names = ["boxes", "scores", "classes"] + (["masks"] if wrapper.with_masks else [])
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if exporter == "dynamo":
         try:
@@ -279,7 +276,6 @@ def export_onnx(model, example: torch.Tensor, path: str, opset: int = None, dyna
                                              output_names=names, optimize=True, verbose=False, **kwargs)
         onnx_program.save(path)
         return path
-    wrapper = ExportableDetector(model)
     axes = {name: {0: "n"} for name in names}
     if wrapper.with_masks:
         axes["masks"] = {0: "n", 1: "height", 2: "width"}
