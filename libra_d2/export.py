@@ -23,12 +23,12 @@ not multiples of each other.
 import contextlib
 import os
 import warnings
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["ExportableDetector", "trace_detector", "export_program", "compile_aoti", "size_bounds", "export_onnx",
+__all__ = ["ExportableDetector", "trace_detector", "export_program", "compile_aoti", "data_dependent_convolutions", "size_bounds", "export_onnx",
            "ONNX_EXPORTERS", "default_example_size", "compare_detections"]
 
 
@@ -216,26 +216,41 @@ def export_program(model, example: torch.Tensor, bounds: Tuple[int, int] = None)
         return torch.export.export(wrapper, (example,), dynamic_shapes=(dims,))
 
 
+def data_dependent_convolutions(program) -> List[str]:
+    """Names of the convolution nodes of an ``ExportedProgram`` whose batch size is
+    data-dependent (an unbacked symbol: e.g. a mask head run over the detections NMS kept)."""
+    from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
+
+    names = []
+    for node in program.graph.nodes:
+        if node.op == "call_function" and node.target in _CONVOLUTIONS:
+            val = node.args[0].meta.get("val")
+            if val is not None and free_unbacked_symbols(val.shape[0]):
+                names.append(node.name)
+    return names
+
+
+_CONVOLUTIONS = (torch.ops.aten.conv2d.default, torch.ops.aten.conv_transpose2d.input,
+                 torch.ops.aten.convolution.default)
+
+
 def compile_aoti(program, path: str) -> str:
     """AOTInductor: compile an ``ExportedProgram`` (:func:`export_program`) into a package
     at ``path`` (``.pt2``) for the program's device; load it with
     ``torch._inductor.aoti_load_package(path)`` (torch and torchvision only). Slow: minutes
     on a 2-core CPU.
 
-    Refuses a program with a mask output (Mask R-CNN): its AOTInductor package returns the
-    right boxes, scores and classes but wrong masks on CPU with torch 2.14.1 (IoU 0.09 with
-    the eager mask in tests/test_export.py, where the ExportedProgram itself and its ONNX
-    export match); use the ExportedProgram or ONNX for Mask R-CNN."""
+    A program with a convolution over a data-dependent batch (Mask R-CNN's mask head runs
+    over the detections) is compiled without Inductor's layout optimisation: with it, torch
+    2.14.1 on CPU lays such a convolution's output out channels-last while the code that
+    reads it assumes contiguous strides, so a following GroupNorm reads the wrong elements
+    (wrong masks; the boxes are right). docs/export.md has the minimal case."""
     import torchvision  # noqa: F401
 
-    if len(program.graph_signature.user_outputs) == 4:
-        raise NotImplementedError(
-            "AOTInductor (--format aoti) is not supported for Mask R-CNN: the compiled package returns wrong masks "
-            "(boxes, scores and classes are right) on CPU with torch " + torch.__version__ + "; export it with "
-            "--format export (.pt2) or --format onnx, which match the eager masks")
+    configs = {"layout_optimization": False} if data_dependent_convolutions(program) else None
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with _nms_fake_kernel():  # inductor traces the fake kernels again
-        return torch._inductor.aoti_compile_and_package(program, package_path=path)
+        return torch._inductor.aoti_compile_and_package(program, package_path=path, inductor_configs=configs)
 
 
 ONNX_EXPORTERS = ("dynamo", "torchscript")

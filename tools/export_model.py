@@ -115,10 +115,7 @@ def main(argv=None):
             torch.export.save(program, path)
             run = torch.export.load(path).module()
         else:
-            try:
-                compile_aoti(program, path)
-            except NotImplementedError as e:
-                sys.exit(f"[export] {cfg.MODEL.META_ARCHITECTURE} ({cfg.MODEL.ROI_HEADS.NAME}), --format aoti: {e}")
+            compile_aoti(program, path)
             run = torch._inductor.aoti_load_package(path)
         print(f"[export] height and width: {lo} to {hi}")
     else:
