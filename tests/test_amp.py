@@ -168,3 +168,21 @@ def test_native_bfloat16_detection_reads_the_cpu_flags(monkeypatch):
     assert cpu_amp.cpu_bf16_native()
     monkeypatch.setattr(cpu_amp, "_cpu_flags", lambda: {"amx_tile", "amx_bf16"})
     assert cpu_amp.cpu_bf16_native()
+
+
+def test_demo_trains_in_bfloat16_only_on_a_native_cpu_unless_told(monkeypatch):
+    """make demo's choice (native_bf16_opts): AMP on for a CPU run on a processor with native
+    bfloat16; nothing added without it, on an accelerator, or where the options already set
+    SOLVER.AMP.ENABLED (the user's choice stands)."""
+    from libra_d2.engine.cpu_amp import native_bf16_opts
+
+    on = ["SOLVER.AMP.ENABLED", "True"]
+    monkeypatch.setenv("LIBRA_CPU_BF16", "1")
+    assert native_bf16_opts([], "cpu") == on
+    assert native_bf16_opts(["SOLVER.FUSED_OPTIMIZER", "True"], "cpu") == on
+    assert native_bf16_opts([], "cuda") == []
+    assert native_bf16_opts(["MODEL.DEVICE", "cuda"], "cpu") == []
+    assert native_bf16_opts(["MODEL.DEVICE", "cuda", "MODEL.DEVICE", "cpu"], "cuda") == on
+    assert native_bf16_opts(["SOLVER.AMP.ENABLED", "False"], "cpu") == []
+    monkeypatch.setenv("LIBRA_CPU_BF16", "0")
+    assert native_bf16_opts([], "cpu") == []

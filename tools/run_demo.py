@@ -36,8 +36,23 @@ def main():
     data_dir = ensure_generated()
     if args.fresh and os.path.isdir(args.output_dir):
         shutil.rmtree(args.output_dir)
+    from detectron2.config import get_cfg
+
+    import libra_d2
+    from libra_d2.engine.cpu_amp import native_bf16_opts
+
+    cfg = get_cfg()
+    libra_d2.add_libra_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    # a processor with native bfloat16 trains the demo under CPU bfloat16 autocast (same AP
+    # within the seed spread, ~30% less time: docs/performance.md); the options after the
+    # config's own, so SOLVER.AMP.ENABLED False in DEMO_OPTS keeps float32
+    amp = native_bf16_opts(args.opts, cfg.MODEL.DEVICE)
+    if amp:
+        print("[demo] this processor has native bfloat16: training under bfloat16 autocast "
+              "(SOLVER.AMP.ENABLED False trains in float32)", flush=True)
     cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", args.config_file, "--resume",
-           "OUTPUT_DIR", args.output_dir] + args.opts
+           "OUTPUT_DIR", args.output_dir] + amp + args.opts
     print("[demo] " + " ".join(cmd), flush=True)
     rc = subprocess.call(cmd)
     if rc != 0:
@@ -47,9 +62,6 @@ def main():
         results = json.load(f)
     bbox = results["bbox"]
 
-    from detectron2.config import get_cfg
-
-    import libra_d2
     from libra_d2.utils.visualize import build_predictor, visualize_files
 
     cfg = get_cfg()

@@ -20,7 +20,7 @@ import time
 import torch
 from detectron2.engine import AMPTrainer
 
-__all__ = ["cpu_bf16_native", "CPUAutocastTrainer", "cpu_autocast_trainer"]
+__all__ = ["cpu_bf16_native", "CPUAutocastTrainer", "cpu_autocast_trainer", "native_bf16_opts"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,3 +98,18 @@ def cpu_autocast_trainer(trainer):
                        "bfloat16 is emulated and slower than float32; training in float32",
                        ", ".join(NATIVE_BF16_FLAGS))
     return trainer
+
+
+def native_bf16_opts(opts, device: str = "cpu"):
+    """Config options (``KEY VALUE`` list) that train a run in CPU bfloat16 where that is
+    faster: ``["SOLVER.AMP.ENABLED", "True"]`` when the run is on CPU (``MODEL.DEVICE`` in
+    ``opts``, else ``device``), the processor has native bfloat16 and ``opts`` leave
+    ``SOLVER.AMP.ENABLED`` alone; otherwise ``[]``. ``make demo`` uses it."""
+    keys = list(opts[0::2])
+    if "SOLVER.AMP.ENABLED" in keys:
+        return []
+    if "MODEL.DEVICE" in keys:
+        device = opts[2 * (len(keys) - 1 - keys[::-1].index("MODEL.DEVICE")) + 1]
+    if not str(device).startswith("cpu") or not cpu_bf16_native():
+        return []
+    return ["SOLVER.AMP.ENABLED", "True"]
