@@ -10,7 +10,9 @@ DEMO_CONFIG ?= configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml
 DEMO_OUT ?= output/demo
 # the demo trains with torch's fused AdamW kernel (same update up to float rounding; a third
 # of the optimizer's time on a 2-core CPU); DEMO_OPTS= trains exactly as the config says.
-# DEMO_ARGS: flags of tools/run_demo.py, e.g. DEMO_ARGS=--fresh to retrain from scratch.
+# DEMO_ARGS: flags of tools/run_demo.py, e.g. DEMO_ARGS=--fresh to retrain from scratch. On a
+# processor with native bfloat16 the demo trains under bfloat16 autocast (DEMO_OPTS with
+# SOLVER.AMP.ENABLED False keeps float32).
 DEMO_OPTS ?= SOLVER.FUSED_OPTIMIZER True
 DEMO_ARGS ?=
 export TORCH_SPEC PYTHON VENV DETECTRON2_SRC
