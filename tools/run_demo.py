@@ -45,7 +45,7 @@ def main():
     libra_d2.add_libra_config(cfg)
     cfg.merge_from_file(args.config_file)
     # a processor with native bfloat16 trains the demo under CPU bfloat16 autocast (same AP
-    # within the seed spread, ~30% less time: docs/performance.md); the options after the
+    # within the seed spread, about a third less time: docs/performance.md); the options after the
     # config's own, so SOLVER.AMP.ENABLED False in DEMO_OPTS keeps float32
     amp = native_bf16_opts(args.opts, cfg.MODEL.DEVICE)
     if amp:

@@ -105,11 +105,12 @@ def native_bf16_opts(opts, device: str = "cpu"):
     faster: ``["SOLVER.AMP.ENABLED", "True"]`` when the run is on CPU (``MODEL.DEVICE`` in
     ``opts``, else ``device``), the processor has native bfloat16 and ``opts`` leave
     ``SOLVER.AMP.ENABLED`` alone; otherwise ``[]``. ``make demo`` uses it."""
-    keys = list(opts[0::2])
-    if "SOLVER.AMP.ENABLED" in keys:
+    pairs = list(zip(opts[0::2], opts[1::2]))
+    if any(k == "SOLVER.AMP.ENABLED" for k, _ in pairs):
         return []
-    if "MODEL.DEVICE" in keys:
-        device = opts[2 * (len(keys) - 1 - keys[::-1].index("MODEL.DEVICE")) + 1]
+    for key, value in pairs:  # the last MODEL.DEVICE wins, as in merge_from_list
+        if key == "MODEL.DEVICE":
+            device = value
     if not str(device).startswith("cpu") or not cpu_bf16_native():
         return []
     return ["SOLVER.AMP.ENABLED", "True"]
