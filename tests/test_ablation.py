@@ -91,21 +91,30 @@ def test_ablation_skips_finished_and_resumes_interrupted_runs(shapes_root, tmp_p
     with open(os.path.join(out, "ablation.json")) as f:
         data = json.load(f)
     assert {r["name"] for r in data["runs"] if r["metrics"]} == {"baseline", "bl1"}
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    assert {r["commit"].split("+")[0] for r in data["runs"]} == {head}  # the checkout that trained each run
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert {r["commit"] for r in data["runs"]} == {head}  # the checkout that trained each run
+    for r in data["runs"]:  # each record: processor, threads, versions, seconds
+        p = r["provenance"]
+        assert p["processor"]["model"] and p["threads"] >= 1 and p["versions"]["detectron2"] and p["seconds"] > 0
     assert data["report"]["differences"]["bl1"]["AP"]["verdict"].startswith("not enough runs")
     assert os.path.isfile(os.path.join(out, "ablation.md"))
 
 
-def test_source_commit_names_this_checkout(monkeypatch, tmp_path):
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    import ablate
+def test_provenance_names_this_checkout_or_the_commit_file(monkeypatch, tmp_path):
+    from libra_d2.utils.provenance import git_commit, processor_class, provenance
 
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    commit = ablate.source_commit()
-    assert head and commit.split("+")[0] == head[: len(commit.split("+")[0])] and len(commit.split("+")[0]) >= 7
-    monkeypatch.setattr(ablate, "ROOT", str(tmp_path))  # not a git checkout: no commit, no error
-    assert ablate.source_commit() is None
+    commit, clean = git_commit(ROOT)
+    assert commit == head and clean in (True, False)
+    monkeypatch.delenv("LIBRA_D2_COMMIT", raising=False)
+    assert git_commit(str(tmp_path)) == ("unknown", None)  # not a git checkout, no file: said so
+    (tmp_path / "COMMIT").write_text(head + "+dirty\n")  # a copy of the tree without .git
+    assert git_commit(str(tmp_path)) == (head, False)
+    rec = provenance(threads=1, root=str(tmp_path), seconds=2.0)
+    assert rec["commit"] == head and rec["threads"] == 1 and rec["seconds"] == 2.0
+    assert processor_class(rec["processor"]) == processor_class(provenance()["processor"])
+    other = dict(rec["processor"], flags=["avx2"] if "avx512f" in rec["processor"]["flags"] else ["avx512f"])
+    assert processor_class(other) != processor_class(rec["processor"])  # same name, other instruction set
 
 
 def test_builtin_preset_plan_and_per_group_baselines():

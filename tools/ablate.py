@@ -45,6 +45,7 @@ from libra_d2.ablation import (  # noqa: E402
     report_markdown,
     run_status,
 )
+from libra_d2.utils.provenance import provenance  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -157,21 +158,7 @@ def write_outputs(out_dir, variants, baseline, runs, title):
     return report
 
 
-def source_commit():
-    """Short hash of the checkout that trains (``+dirty`` when tracked files differ from it), or
-    None outside a git checkout: each run's record names the code that produced it."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=30)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=ROOT, timeout=30).returncode != 0
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head.stdout.strip() + ("+dirty" if dirty else "")
-
-
-RUN_INFO = "ablate_run.json"  # per run folder: the commit (and wall time) of the training that wrote it
+RUN_INFO = "ablate_run.json"  # per run folder: the provenance (commit, processor, threads, versions, seconds)
 
 
 def run_one(args, v, seed, tag, only, env):
@@ -190,8 +177,9 @@ def run_one(args, v, seed, tag, only, env):
         with open(os.path.join(out, "ablate_stdout.log"), "a") as log:
             rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         run["seconds"] = round(time.time() - t0, 1)
+        threads = int(env["OMP_NUM_THREADS"]) if env.get("OMP_NUM_THREADS", "").isdigit() else None
         with open(os.path.join(out, RUN_INFO), "w") as f:
-            json.dump({"commit": source_commit(), "seconds": run["seconds"], "resumed": status == "partial"}, f)
+            json.dump(provenance(threads=threads, seconds=run["seconds"], resumed=status == "partial"), f, indent=1)
         if rc != 0:
             run["error"] = f"train_net.py exit code {rc}; see {out}/ablate_stdout.log"
             print(f"{tag} FAILED ({run['error']})", flush=True)
@@ -199,7 +187,9 @@ def run_one(args, v, seed, tag, only, env):
     if status == "done":
         if os.path.isfile(os.path.join(out, RUN_INFO)):
             with open(os.path.join(out, RUN_INFO)) as f:
-                run["commit"] = json.load(f).get("commit")
+                info = json.load(f)
+            run["commit"] = info.get("commit")
+            run["provenance"] = info
         by_task = load_metrics_by_task(out)
         task = primary_task(by_task)
         run["metrics"] = by_task.get(task, {})
