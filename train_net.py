@@ -8,7 +8,7 @@
     python train_net.py --config-file configs/lazy/libra_faster_rcnn_R_50_FPN_1x.py --num-gpus 8 train.max_iter=1000
 
 A ``.py`` config file is a detectron2 LazyConfig: it is trained and evaluated by
-:mod:`libra_d2.lazy` (detectron2's LazyConfig loop with the same exact resume, atomic
+:mod:`libra_d2.engine.lazy` (detectron2's LazyConfig loop with the same exact resume, atomic
 checkpoints and data checks), and the overrides are ``key=value`` pairs.
 
 Multi-GPU / multi-machine runs use detectron2's ``launch`` (``--num-gpus``,
@@ -20,29 +20,23 @@ import sys
 
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 
-import libra_d2
-from libra_d2.config import LibraConfigError
-from libra_d2.engine import write_results
+from libra_d2.config import LibraConfigError, get_libra_cfg
+from libra_d2.engine import LibraTrainer, write_results
 from libra_d2.engine.data_checks import DatasetError
-from libra_d2.training import LibraTrainer
 
 logger = logging.getLogger("libra_d2")
 
 
 class Trainer(LibraTrainer):
     """detectron2's DefaultTrainer with COCOEvaluator, exact --resume, atomic checkpoints and
-    data checks (see libra_d2.training)."""
+    data checks (see libra_d2.engine.trainer)."""
 
 
 def setup(args):
-    cfg = get_cfg()
-    libra_d2.add_libra_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_libra_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
@@ -54,7 +48,7 @@ def is_lazy(path):
 
 def main(args):
     if is_lazy(args.config_file):
-        from libra_d2.lazy import main_lazy
+        from libra_d2.engine.lazy import main_lazy
 
         return main_lazy(args)
     cfg = setup(args)
@@ -91,10 +85,7 @@ def check_launch(args):
         lazy = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
         device = str(lazy.train.get("device", "cuda"))
     else:
-        cfg = get_cfg()
-        libra_d2.add_libra_config(cfg)
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
+        cfg = get_libra_cfg(args.config_file, args.opts)
         device = cfg.MODEL.DEVICE
     on_cpu = device == "cpu" or not torch.cuda.is_available()
     if on_cpu and not launch_supports_cpu():

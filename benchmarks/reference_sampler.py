@@ -4,7 +4,7 @@ Written here from the published algorithm (Libra R-CNN's reference implementatio
 IoUs to the host, build Python sets for the floor / IoU / negative sets, intersect them,
 then for each bin find its members with a numpy comparison, intersect with the negatives
 and draw with ``torch.randperm``; leftovers come from set differences. Used only as the
-"before" side of ``sampler_speedup_*``; libra_d2.sampling is the implementation.
+"before" side of ``sampler_speedup_*``; libra_d2.modeling.sampling is the implementation.
 """
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ def _sample_via_interval(max_overlaps, full_set, num_expected, floor_thr, num_bi
 
 
 def reference_iou_balanced_negatives(max_iou, negatives, num_expected, floor_thr=-1.0, floor_fraction=0.0, num_bins=3):
-    """Same inputs as libra_d2.sampling.sample_iou_balanced_negatives; returns int64 indices."""
+    """Same inputs as libra_d2.modeling.sampling.sample_iou_balanced_negatives; returns int64 indices."""
     device = max_iou.device
     neg_inds = torch.nonzero(negatives).squeeze(1)
     if len(neg_inds) <= num_expected:

@@ -142,7 +142,7 @@ def _in_subprocess(name, device, reps, rounds, env):
 
 def _bench_sampler(device, reps, rounds):
     from benchmarks.reference_sampler import reference_iou_balanced_negatives
-    from libra_d2.sampling import sample_iou_balanced_negatives
+    from libra_d2.modeling.sampling import sample_iou_balanced_negatives
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -170,7 +170,7 @@ def _bench_sampler(device, reps, rounds):
 
 def check_cuda_syncs(device):
     """Run our sampler with sync debug mode "error" up to the final index extraction."""
-    from libra_d2.sampling import iou_balanced_negatives_select
+    from libra_d2.modeling.sampling import iou_balanced_negatives_select
 
     iou, cand = iou_mix(100_000, device)
     torch.cuda.set_sync_debug_mode("error")
@@ -183,16 +183,13 @@ def check_cuda_syncs(device):
 
 
 def detector_pair(device, short=512, other="libra_faster_rcnn_R_50_FPN_1x.yaml"):
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
     from detectron2.structures import Boxes, Instances
 
-    import libra_d2
+    from libra_d2.config import get_libra_cfg
 
     def cfg_for(name):
-        cfg = get_cfg()
-        libra_d2.add_libra_config(cfg)
-        cfg.merge_from_file(os.path.join(ROOT, "configs/COCO-Detection", name))
+        cfg = get_libra_cfg(os.path.join(ROOT, "configs/COCO-Detection", name))
         cfg.MODEL.WEIGHTS = ""
         cfg.MODEL.DEVICE = device.type
         return cfg
@@ -302,22 +299,18 @@ def bench_cpu_bf16(device, reps, rounds):
     of the built-in data's size, 208x280) under bfloat16 autocast / in float32, side by side.
     Only a processor with native bfloat16 (``cpu_bf16_native``) can show a speed-up; elsewhere
     the figure measures torch's emulation (and training runs in float32)."""
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
     from detectron2.structures import Boxes, Instances
     from detectron2.utils.events import EventStorage
 
-    import libra_d2
+    from libra_d2.config import get_libra_cfg
     from libra_d2.engine.cpu_amp import cpu_bf16_native
-    from libra_d2.engine.trainer_keys import release_trainer_guards
 
     if device.type != "cpu":
         return {}
-    cfg = get_cfg()
-    libra_d2.add_libra_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, "configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml"))
+    cfg = get_libra_cfg(os.path.join(ROOT, "configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml"))
     torch.manual_seed(0)
-    model = release_trainer_guards(build_model(cfg))
+    model = build_model(cfg)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     g = torch.Generator().manual_seed(0)
@@ -344,7 +337,7 @@ def bench_cpu_bf16(device, reps, rounds):
 BFP_CHILD = r"""
 import json, sys, torch
 sys.path.insert(0, {root!r})
-from libra_d2.bfp import BFP
+from libra_d2.modeling.bfp import BFP
 h, w, sdpa, dev = {h}, {w}, {sdpa}, {dev!r}
 torch.manual_seed(0)
 device = torch.device(dev)
@@ -396,15 +389,12 @@ def bench_bfp_memory(device, reps, rounds):
 
 def _export_bench_model(device):
     """The built-in Libra R-CNN (seeded random weights, eval mode) and one 192x256 input."""
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    import libra_d2
-    from libra_d2.export import _example
+    from libra_d2.config import get_libra_cfg
+    from libra_d2.export.exporters import _example
 
-    cfg = get_cfg()
-    libra_d2.add_libra_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, "configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml"))
+    cfg = get_libra_cfg(os.path.join(ROOT, "configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml"))
     cfg.MODEL.DEVICE = device.type
     torch.manual_seed(0)
     return build_model(cfg).eval(), _example(cfg, (192, 256)).to(device)

@@ -1,19 +1,30 @@
 """Config keys added by libra-d2, with defaults, and their validation.
 
-The model keys live under ``MODEL.LIBRA`` and ``MODEL.BFP``; ``SOLVER.OPTIMIZER``,
-``SOLVER.FUSED_OPTIMIZER`` and ``DATALOADER.EXACT_RESUME`` are read by ``LibraTrainer``. "balanced_l1" becomes a valid value
+The model keys live under ``MODEL.LIBRA`` and ``MODEL.BFP`` (:func:`add_libra_config`);
+``SOLVER.OPTIMIZER``, ``SOLVER.FUSED_OPTIMIZER`` and ``DATALOADER.EXACT_RESUME`` are read by
+``LibraTrainer`` only and added by :func:`add_libra_trainer_config` (a config that sets one
+without it stops at merge, naming LibraTrainer). "balanced_l1" becomes a valid value
 of ``MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE``, ``MODEL.RPN.BBOX_REG_LOSS_TYPE`` and
 ``MODEL.RETINANET.BBOX_REG_LOSS_TYPE`` for the libra-d2 components.
 """
 from detectron2.config import CfgNode as CN
 
 __all__ = [
-    "add_libra_config", "validate_libra_config", "require_libra_config", "split_balanced_l1", "LibraConfigError",
+    "add_libra_config", "add_libra_trainer_config", "get_libra_cfg", "has_trainer_keys", "TRAINER_KEYS",
+    "validate_libra_config", "require_libra_config", "split_balanced_l1", "LibraConfigError",
     "check_choice", "check_number", "check_neg_pos_ub", "validate_sampler_args", "validate_balanced_l1_args",
     "validate_refine_args", "validate_min_pos_iou", "REFINE_TYPES",
 ]
 
 NEG_BIN_UPPERS = ("max_iou", "bg_thresh")
+# keys that only libra_d2.engine.LibraTrainer honours (add_libra_trainer_config adds them)
+TRAINER_KEYS = ("SOLVER.OPTIMIZER", "SOLVER.FUSED_OPTIMIZER", "DATALOADER.EXACT_RESUME")
+_TRAINER_ONLY_NOTE = (
+    "{key} is honoured only by libra_d2.engine.LibraTrainer (detectron2's DefaultTrainer would ignore it, e.g. "
+    "train with SGD at AdamW's learning rate). Train with LibraTrainer (train_net.py does) and call "
+    "libra_d2.config.add_libra_trainer_config(cfg) before merging this config, or remove the key to train with "
+    "detectron2's own trainer."
+)
 REFINE_TYPES = ("non_local", "conv", "none")
 OPTIMIZERS = ("SGD", "AdamW")
 
@@ -23,10 +34,11 @@ class LibraConfigError(ValueError):
 
 
 def add_libra_config(cfg):
-    """Add every libra-d2 key with its default to ``cfg`` (a detectron2 CfgNode), in place."""
+    """Add every libra-d2 model key with its default to ``cfg`` (a detectron2 CfgNode), in place
+    (LibraTrainer's own keys: :func:`add_libra_trainer_config`)."""
     _C = cfg
     _C.MODEL.LIBRA = CN()
-    # Positive sampler of the box head, by name in libra_d2.roi_samplers.ROI_SAMPLER_REGISTRY:
+    # Positive sampler of the box head, by name in libra_d2.modeling.roi_samplers.ROI_SAMPLER_REGISTRY:
     # "instance_balanced" (equal quota per ground-truth box), "random" (detectron2's uniform
     # sampling), "ohem" (highest classification loss), or one registered by the user.
     _C.MODEL.LIBRA.POS_SAMPLER = "instance_balanced"
@@ -70,27 +82,23 @@ def add_libra_config(cfg):
     # reference's order). False: detectron2's order (NMS, then clip in post-processing).
     _C.MODEL.LIBRA.RETINANET_CLIP_BEFORE_NMS = False
     # Anchor matching of LibraRPN and LibraRetinaNet. False: detectron2's Matcher. True: the
-    # reference's low-quality rule (libra_d2.matcher.ReferenceMatcher): an anchor that is a
+    # reference's low-quality rule (libra_d2.modeling.matcher.ReferenceMatcher): an anchor that is a
     # box's best match becomes positive only at IoU >= the MIN_POS_IOU below, and goes to the
     # last such box. The reference's values: 0.3 for the RPN, 0.0 for RetinaNet.
     _C.MODEL.LIBRA.REFERENCE_MATCHER = False
     _C.MODEL.LIBRA.RPN_MIN_POS_IOU = 0.3
     _C.MODEL.LIBRA.RETINANET_MIN_POS_IOU = 0.0
 
-    # Optimizer built by LibraTrainer: "SGD" (detectron2's: MOMENTUM, NESTEROV) or "AdamW"
-    # (torch's, with SOLVER.WEIGHT_DECAY as its decoupled weight decay). Both use detectron2's
-    # parameter groups (WEIGHT_DECAY_NORM, BIAS_LR_FACTOR, ...) and SOLVER.CLIP_GRADIENTS.
-    _C.SOLVER.OPTIMIZER = "SGD"
-    # AdamW only: torch's fused kernel (one pass per parameter; on a 2-core CPU the step of the
-    # built-in model takes a third of the time). The same update up to float rounding, so a
-    # run with it follows another trajectory than one without, as a change of thread count does.
-    _C.SOLVER.FUSED_OPTIMIZER = False
-
-    # Training stream addressed by position with per-sample seeds, so --resume continues
-    # exactly (libra_d2.training.LibraTrainer). False: detectron2's own train loader.
-    _C.DATALOADER.EXACT_RESUME = True
+    # Keys only LibraTrainer honours are added by add_libra_trainer_config; without it a
+    # config that sets one fails at merge with an error naming LibraTrainer.
+    for key in TRAINER_KEYS:
+        if not cfg.key_is_renamed(key):
+            cfg.register_renamed_key(key, "a LibraTrainer key", _TRAINER_ONLY_NOTE.format(key=key))
 
     _C.MODEL.BFP = CN()
+    # build_bfp_backbone: the registered builder of the pyramid backbone that the BFP wraps
+    # (any builder whose outputs are levels of one channel count).
+    _C.MODEL.BFP.BASE_BACKBONE = "build_resnet_fpn_backbone"
     # Pyramid level (index into the FPN outputs) the levels are gathered to: 2 = p4 of
     # p2..p6. Libra RetinaNet configs (p3..p7) set 1, which is p4 there as well.
     _C.MODEL.BFP.REFINE_LEVEL = 2
@@ -136,15 +144,19 @@ def _arg_key(owner, arg, yacs_key):
 
 
 def validate_sampler_args(owner, pos_sampler, neg_sampler, floor_thresh, floor_fraction, num_bins, neg_bin_upper,
-                          bg_iou_thresh):
+                          bg_iou_thresh, samplers=None):
     """The box-head sampler's arguments (``MODEL.LIBRA.*_SAMPLER``, ``FLOOR_*``, ``NUM_BINS``,
     ``NEG_BIN_UPPER``; ``bg_iou_thresh`` is ``ROI_HEADS.IOU_THRESHOLDS[0]``). ``owner`` names
-    the component whose constructor checks them (None: a config checked up front)."""
+    the component whose constructor checks them (None: a config checked up front).
+    ``samplers``: ``{"positive": names, "negative": names}`` allowed by the sampler registry
+    (the box head passes them; None: names are strings, the registry is checked at build)."""
     k = lambda arg, key: _arg_key(owner, arg, f"MODEL.LIBRA.{key}")  # noqa: E731
-    from .roi_samplers import registered_samplers  # the registry is the list of allowed names
-
-    check_choice(k("pos_sampler", "POS_SAMPLER"), pos_sampler, registered_samplers("positive"))
-    check_choice(k("neg_sampler", "NEG_SAMPLER"), neg_sampler, registered_samplers("negative"))
+    for role, arg, key, value in (("positive", "pos_sampler", "POS_SAMPLER", pos_sampler),
+                                  ("negative", "neg_sampler", "NEG_SAMPLER", neg_sampler)):
+        if samplers is not None:
+            check_choice(k(arg, key), value, samplers[role])
+        elif not isinstance(value, str) or not value:
+            _fail(k(arg, key), value, "the name of a registered RoI sampler")
     check_number(k("floor_thresh", "FLOOR_THRESH"), floor_thresh, lo=-1.0, hi=1.0)
     if floor_thresh != -1 and floor_thresh < 0:
         _fail(k("floor_thresh", "FLOOR_THRESH"), floor_thresh, "-1 (no floor set) or a value in [0, 1]")
@@ -199,10 +211,63 @@ def _get(cfg, key):
     return node
 
 
+def add_libra_trainer_config(cfg):
+    """Add the keys that only ``LibraTrainer`` honours, with their defaults, to ``cfg`` (after
+    :func:`add_libra_config`; idempotent). Call it when the config will train under
+    ``LibraTrainer`` (``train_net.py`` and :func:`get_libra_cfg` do); detectron2's own trainer
+    would ignore these keys, so a config merged without them that sets one stops at merge."""
+    renamed = cfg.__dict__.get(CN.RENAMED_KEYS, {})
+    for key in TRAINER_KEYS:
+        renamed.pop(key, None)
+    # Optimizer: "SGD" (detectron2's: MOMENTUM, NESTEROV) or "AdamW" (torch's, with
+    # SOLVER.WEIGHT_DECAY as its decoupled weight decay). Both use detectron2's parameter
+    # groups (WEIGHT_DECAY_NORM, BIAS_LR_FACTOR, ...) and SOLVER.CLIP_GRADIENTS.
+    cfg.SOLVER.OPTIMIZER = cfg.SOLVER.get("OPTIMIZER", "SGD")
+    # AdamW only: torch's fused kernel (one pass per parameter; on a 2-core CPU the step of the
+    # built-in model takes a third of the time). The same update up to float rounding, so a
+    # run with it follows another trajectory than one without, as a change of thread count does.
+    cfg.SOLVER.FUSED_OPTIMIZER = cfg.SOLVER.get("FUSED_OPTIMIZER", False)
+    # Training stream addressed by position with per-sample seeds, so --resume continues
+    # exactly (libra_d2.engine.trainer). False: detectron2's own train loader.
+    cfg.DATALOADER.EXACT_RESUME = cfg.DATALOADER.get("EXACT_RESUME", True)
+    return cfg
+
+
+def get_libra_cfg(config_file=None, opts=(), trainer=True):
+    """A detectron2 config with libra-d2's keys (and, if ``trainer``, LibraTrainer's), merged
+    from ``config_file`` (yaml) and ``opts`` (``KEY VALUE`` list): the one loader of
+    ``train_net.py``, the tools and the benchmarks."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_libra_config(cfg)
+    if trainer:
+        add_libra_trainer_config(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file)
+    if opts:
+        cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def has_trainer_keys(cfg):
+    """True when ``cfg`` carries LibraTrainer's keys (:func:`add_libra_trainer_config`)."""
+    return all(_has(cfg, key) for key in TRAINER_KEYS)
+
+
+def _has(cfg, key):
+    node = cfg
+    for part in key.split("."):
+        if not hasattr(node, "get") or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def require_libra_config(cfg):
     """Raise :class:`LibraConfigError` saying to call :func:`add_libra_config` when ``cfg``
     lacks the libra-d2 keys (what a component's ``from_config`` needs before it reads them)."""
-    for key in ("MODEL.LIBRA", "MODEL.BFP", "SOLVER.OPTIMIZER", "DATALOADER.EXACT_RESUME"):
+    for key in ("MODEL.LIBRA", "MODEL.BFP"):
         _get(cfg, key)
     return cfg
 
@@ -213,7 +278,7 @@ def validate_libra_config(cfg):
 
     The model keys go through the same checks the components' constructors run on their
     arguments (so a config, a LazyConfig and direct Python use fail alike); the rest is what
-    no component reads: the trainer's ``SOLVER`` keys, and whether the component that gets
+    no component reads: LibraTrainer's keys where the config has them, and whether the component that gets
     ``"balanced_l1"`` knows it. ``LibraTrainer.build_model`` (and so ``train_net.py``) calls it.
     """
     g = lambda key: _get(cfg, key)  # noqa: E731
@@ -227,12 +292,15 @@ def validate_libra_config(cfg):
     validate_refine_args(None, g("MODEL.BFP.REFINE_LEVEL"), g("MODEL.BFP.REFINE_TYPE"))
     for key in ("MODEL.LIBRA.RPN_MIN_POS_IOU", "MODEL.LIBRA.RETINANET_MIN_POS_IOU"):
         validate_min_pos_iou(None, g(key), key)
-    for key in ("MODEL.LIBRA.P7_RELU", "MODEL.LIBRA.RETINANET_CLIP_BEFORE_NMS", "MODEL.LIBRA.REFERENCE_MATCHER",
-                "SOLVER.FUSED_OPTIMIZER", "DATALOADER.EXACT_RESUME"):
+    for key in ("MODEL.LIBRA.P7_RELU", "MODEL.LIBRA.RETINANET_CLIP_BEFORE_NMS", "MODEL.LIBRA.REFERENCE_MATCHER"):
         _check_bool(key, g(key))
-    check_choice("SOLVER.OPTIMIZER", g("SOLVER.OPTIMIZER"), OPTIMIZERS)
-    if g("SOLVER.FUSED_OPTIMIZER") and g("SOLVER.OPTIMIZER") != "AdamW":
-        _fail("SOLVER.FUSED_OPTIMIZER", True, "False unless SOLVER.OPTIMIZER is 'AdamW' (the fused kernel is AdamW's)")
+    if has_trainer_keys(cfg):  # LibraTrainer's keys, where the config has them
+        for key in ("SOLVER.FUSED_OPTIMIZER", "DATALOADER.EXACT_RESUME"):
+            _check_bool(key, g(key))
+        check_choice("SOLVER.OPTIMIZER", g("SOLVER.OPTIMIZER"), OPTIMIZERS)
+        if g("SOLVER.FUSED_OPTIMIZER") and g("SOLVER.OPTIMIZER") != "AdamW":
+            _fail("SOLVER.FUSED_OPTIMIZER", True,
+                  "False unless SOLVER.OPTIMIZER is 'AdamW' (the fused kernel is AdamW's)")
     _check_balanced_l1_owners(cfg)
     return cfg
 

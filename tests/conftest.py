@@ -26,16 +26,10 @@ else:
 @pytest.fixture
 def libra_cfg():
     """Factory: a detectron2 config with libra keys merged from a file under configs/."""
-    from detectron2.config import get_cfg
-
-    import libra_d2
+    from libra_d2.config import get_libra_cfg
 
     def make(path=None, *opts):
-        cfg = get_cfg()
-        libra_d2.add_libra_config(cfg)
-        if path:
-            cfg.merge_from_file(os.path.join(ROOT, "configs", path))
-        cfg.merge_from_list(list(opts))
+        cfg = get_libra_cfg(os.path.join(ROOT, "configs", path) if path else None, opts)
         cfg.MODEL.DEVICE = "cpu"
         return cfg
 

@@ -1,4 +1,4 @@
-"""tools/ablate.py and libra_d2.ablation: statistics on synthetic results, and real resumable runs."""
+"""tools/ablate.py and libra_d2.analysis.ablation: statistics on synthetic results, and real resumable runs."""
 import json
 import math
 import os
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from libra_d2.ablation import build_report, paired_difference, report_markdown, summarize_metric, t_quantile, verdict
+from libra_d2.analysis.ablation import build_report, paired_difference, report_markdown, summarize_metric, t_quantile, verdict
 from tests.conftest import ROOT, TINY
 
 
@@ -19,8 +19,47 @@ def test_t_quantile_matches_tables(df, expected):
     assert abs(t_quantile(0.025, df) + expected) < 1e-4
 
 
-def _runs(name, aps):
-    return [{"name": name, "seed": s, "metrics": {"AP": ap, "AP50": ap + 20}} for s, ap in enumerate(aps, 1)]
+INTEL = {"model": "Intel Xeon", "cpu_capability": "AVX512", "flags": ["avx2", "avx512f", "amx_bf16"]}
+AMD = {"model": "AMD EPYC", "cpu_capability": "AVX2", "flags": ["avx2"]}
+PROV = {"commit": "a" * 40, "clean": True, "processor": INTEL}
+
+
+def _runs(name, aps, commit="a" * 40, processor=INTEL, config="c.yaml"):
+    prov = {"commit": commit, "clean": True, "processor": processor}
+    return [{"name": name, "seed": s, "metrics": {"AP": ap, "AP50": ap + 20}, "config_file": config, "opts": [],
+             "provenance": prov} for s, ap in enumerate(aps, 1)]
+
+
+def test_pairs_form_only_within_one_processor_class_and_one_or_an_equivalent_commit():
+    from libra_d2.analysis.ablation import identity_equivalence
+
+    base = _runs("baseline", [30.0, 31.0, 32.0], config="base.yaml")
+    libra = _runs("libra", [33.0, 34.0, 36.0], config="libra.yaml")
+    assert build_report(base + libra, "baseline")["differences"]["libra"]["AP"]["n"] == 3
+    # seed 3 of libra on another processor class (same model name, other instruction set)
+    libra[2]["provenance"] = dict(libra[2]["provenance"], processor=dict(INTEL, flags=["avx2"]))
+    rep = build_report(base + libra, "baseline")
+    assert rep["differences"]["libra"]["AP"]["n"] == 2 and "different processors" in rep["differences"]["libra"]["unpaired"][3]
+    # seed 2 at another commit: unpaired unless seeded-identity hashes prove the commits equivalent
+    libra[1]["provenance"] = dict(libra[1]["provenance"], commit="b" * 40)
+    rep = build_report(base + libra, "baseline")
+    assert rep["differences"]["libra"]["AP"]["seeds"] == [1] and "not proven equivalent" in rep["differences"]["libra"]["unpaired"][2]
+    assert "seed 2: not paired" in report_markdown(rep)
+
+    def record(commit, h_base, h_libra, processor=INTEL):
+        return {"provenance": {"commit": commit, "clean": True, "processor": processor},
+                "hashes": {"b": h_base, "l": h_libra},
+                "runs": {"b": {"covers": [["base.yaml", []]]}, "l": {"covers": [["libra.yaml", []]]}}}
+
+    same = identity_equivalence([record("a" * 40, "h1", "h2"), record("b" * 40, "h1", "h2")])
+    assert build_report(base + libra, "baseline", equivalent=same)["differences"]["libra"]["AP"]["seeds"] == [1, 2]
+    moved = identity_equivalence([record("a" * 40, "h1", "h2"), record("b" * 40, "h1", "h3")])  # libra's hash moved
+    assert build_report(base + libra, "baseline", equivalent=moved)["differences"]["libra"]["AP"]["seeds"] == [1]
+    elsewhere = identity_equivalence([record("a" * 40, "h1", "h2", AMD), record("b" * 40, "h1", "h2", AMD)])
+    assert build_report(base + libra, "baseline", equivalent=elsewhere)["differences"]["libra"]["AP"]["seeds"] == [1]
+    # a run without provenance pairs with nothing
+    legacy = [dict(r, provenance=None, commit="a" * 40) for r in _runs("libra", [33.0, 34.0, 36.0])]
+    assert build_report(base + legacy, "baseline")["differences"]["libra"]["AP"]["n"] == 0
 
 
 def test_paired_ci_and_verdicts_on_known_numbers():
@@ -118,7 +157,7 @@ def test_provenance_names_this_checkout_or_the_commit_file(monkeypatch, tmp_path
 
 
 def test_builtin_preset_plan_and_per_group_baselines():
-    from libra_d2.ablation import preset_plan
+    from libra_d2.analysis.ablation import preset_plan
 
     plan = {v.name: v for v in preset_plan("builtin")}
     assert set(plan) == {"baseline", "libra", "sampling", "bfp", "balanced_l1", "rpn_cap",
@@ -126,16 +165,11 @@ def test_builtin_preset_plan_and_per_group_baselines():
     assert plan["baseline"].baseline is None and plan["retinanet_baseline"].baseline is None
     assert plan["retinanet_libra"].baseline == "retinanet_baseline" and plan["bfp"].baseline == "baseline"
     # each component switch builds a valid config (balanced_l1 needs LibraROIHeads: checked by validation)
-    from detectron2.config import get_cfg
-
     import libra_d2
+    from libra_d2.config import get_libra_cfg
 
     for v in plan.values():
-        cfg = get_cfg()
-        libra_d2.add_libra_config(cfg)
-        cfg.merge_from_file(os.path.join(ROOT, v.config_file))
-        cfg.merge_from_list(v.opts)
-        libra_d2.validate_libra_config(cfg)
+        libra_d2.validate_libra_config(get_libra_cfg(os.path.join(ROOT, v.config_file), v.opts))
     runs = _runs("baseline", [30.0, 31.0]) + _runs("retinanet_baseline", [10.0, 12.0]) + _runs("retinanet_libra", [13.0, 14.0])
     rep = build_report(runs, {v.name: v.baseline for v in plan.values()})
     assert rep["differences"]["retinanet_libra"]["baseline"] == "retinanet_baseline"
@@ -146,7 +180,7 @@ def test_builtin_preset_plan_and_per_group_baselines():
 def test_heads_presets_and_segm_report_from_finished_runs(tmp_path):
     """builtin-heads pairs each Libra head with its twin; Mask R-CNN runs, which evaluate
     bbox and segm, get a second (segm) report next to the box-AP one."""
-    from libra_d2.ablation import preset_plan
+    from libra_d2.analysis.ablation import preset_plan
 
     plan = {v.name: v for v in preset_plan("builtin-heads")}
     assert set(plan) == {"cascade_baseline", "cascade_libra", "mask_baseline", "mask_libra", "fast_baseline", "fast_libra"}
@@ -161,6 +195,7 @@ def test_heads_presets_and_segm_report_from_finished_runs(tmp_path):
         d.mkdir(parents=True)
         res = {t: {m: ap + off for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")} for t, off in (("bbox", 10.0), ("segm", 0.0))}
         (d / "eval_results.json").write_text(json.dumps(res))
+        (d / "ablate_run.json").write_text(json.dumps(PROV))
     cmd = [sys.executable, os.path.join(ROOT, "tools/ablate.py"), "--preset", "builtin-mask", "--seeds", "1", "2",
            "-o", str(out), "--report-only"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -182,7 +217,7 @@ def test_heads_presets_and_segm_report_from_finished_runs(tmp_path):
     # and --help names every preset
     helptext = subprocess.run([sys.executable, os.path.join(ROOT, "tools/ablate.py"), "--help"], cwd=ROOT,
                               capture_output=True, text=True, timeout=120).stdout
-    from libra_d2.ablation import PRESET_NAMES
+    from libra_d2.analysis.ablation import PRESET_NAMES
 
     assert all(name in helptext for name in PRESET_NAMES)
 
@@ -190,7 +225,7 @@ def test_heads_presets_and_segm_report_from_finished_runs(tmp_path):
 def test_sampling_and_rpn_presets_report_proposal_recall_from_finished_runs(tmp_path):
     """builtin-sampling compares OHEM and the Libra sampling pair with Faster R-CNN;
     builtin-rpn's proposal-only runs are reported by AR (COCOEvaluator's box_proposals)."""
-    from libra_d2.ablation import preset_plan
+    from libra_d2.analysis.ablation import preset_plan
 
     sampling = {v.name: v for v in preset_plan("builtin-sampling")}
     assert set(sampling) == {"baseline", "sampling", "ohem"}
@@ -205,15 +240,18 @@ def test_sampling_and_rpn_presets_report_proposal_recall_from_finished_runs(tmp_
         d.mkdir(parents=True)
         res = {"box_proposals": {"AR@100": ar, "AR@1000": ar + 10, "ARs@100": ar - 5, "ARm@100": ar, "ARl@100": ar + 5}}
         (d / "eval_results.json").write_text(json.dumps(res))
-    (out / "libra_rpn" / "seed2" / "ablate_run.json").write_text(json.dumps({"commit": "abc1234", "seconds": 1.0}))
+        (d / "ablate_run.json").write_text(json.dumps(PROV))
+    # seed 2 of libra_rpn from another commit: its record says so, and it is not paired
+    (out / "libra_rpn" / "seed2" / "ablate_run.json").write_text(json.dumps(dict(PROV, commit="abc1234", seconds=1.0)))
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools/ablate.py"), "--preset", "builtin-rpn", "--seeds",
                            "1", "2", "-o", str(out), "--report-only"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     runs = {(r["name"], r["seed"]): r for r in json.loads((out / "ablation.json").read_text())["runs"]}
-    assert runs[("libra_rpn", 2)]["commit"] == "abc1234" and "commit" not in runs[("libra_rpn", 1)]
+    assert runs[("libra_rpn", 2)]["commit"] == "abc1234" and runs[("libra_rpn", 1)]["commit"] == PROV["commit"]
     report = json.loads((out / "ablation.json").read_text())["report"]
     assert report["task"] == "box_proposals" and report["metrics"][:2] == ["AR@100", "AR@1000"]
     assert abs(report["configs"]["libra_rpn"]["AR@1000"]["mean"] - 56.5) < 1e-9
-    assert abs(report["differences"]["libra_rpn"]["AR@100"]["mean"] - 5.5) < 1e-9  # pairs: +5, +6
+    assert abs(report["differences"]["libra_rpn"]["AR@100"]["mean"] - 5.0) < 1e-9  # one pair: +5
+    assert "not proven equivalent" in report["differences"]["libra_rpn"]["unpaired"]["2"]
     md = (out / "ablation.md").read_text()
     assert "COCO proposal recall" in md and "ΔAR@100" in md

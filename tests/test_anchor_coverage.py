@@ -1,4 +1,4 @@
-"""libra_d2.anchor_coverage on constructed boxes whose anchor IoUs are known by geometry, and the
+"""libra_d2.analysis.anchor_coverage on constructed boxes whose anchor IoUs are known by geometry, and the
 tool on the built-in dataset."""
 import json
 import os
@@ -9,7 +9,7 @@ import pytest
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.structures import BoxMode
 
-from libra_d2.anchor_coverage import anchor_coverage, summarize_coverage
+from libra_d2.analysis.anchor_coverage import anchor_coverage, summarize_coverage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

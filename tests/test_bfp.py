@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from libra_d2.bfp import BFP
+from libra_d2.modeling.bfp import BFP
 
 SIZES = [(37, 45), (19, 23), (10, 12), (5, 6), (3, 3)]
 
@@ -85,7 +85,7 @@ def test_bad_arguments():
 def test_gather_form_of_adaptive_max_pool_equals_torch():
     """BFP's ONNX-exportable pooling gives F.adaptive_max_pool2d's values for every ratio up
     to the bound, exact and ceil (odd) sizes alike."""
-    from libra_d2.onnx_pooling import adaptive_max_pool2d_gather
+    from libra_d2.modeling.pooling import adaptive_max_pool2d_gather
 
     g = torch.Generator().manual_seed(0)
     checked = 0

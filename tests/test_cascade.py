@@ -3,7 +3,7 @@ import pytest
 import torch
 from detectron2.utils.events import EventStorage
 
-from libra_d2.fast_rcnn import LibraFastRCNNOutputLayers
+from libra_d2.modeling.fast_rcnn import LibraFastRCNNOutputLayers
 from tests.conftest import inputs, neg_ious, small_heads
 
 CASCADE = ("MODEL.ROI_HEADS.NAME", "LibraCascadeROIHeads", "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", True)

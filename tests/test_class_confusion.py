@@ -1,11 +1,11 @@
-"""libra_d2.class_confusion / tools/class_confusion.py on constructed data whose answers are
+"""libra_d2.analysis.class_confusion / tools/class_confusion.py on constructed data whose answers are
 known: right boxes with swapped classes are class-aware AP 0 and class-agnostic AP 100."""
 import json
 import os
 import subprocess
 import sys
 
-from libra_d2.class_confusion import class_agnostic, confusion_matrix, diagnose
+from libra_d2.analysis.class_confusion import class_agnostic, confusion_matrix, diagnose
 from tests.conftest import ROOT
 
 GT = {

@@ -31,7 +31,7 @@ class sync_errors:
 
 
 def test_iou_balanced_negatives_on_cuda_are_sync_free_and_balanced():
-    from libra_d2.sampling import iou_balanced_negatives_select
+    from libra_d2.modeling.sampling import iou_balanced_negatives_select
 
     g = torch.Generator(device=DEV).manual_seed(0)
     n, num, k = 20000, 512, 3
@@ -52,7 +52,7 @@ def test_iou_balanced_negatives_on_cuda_are_sync_free_and_balanced():
 
 
 def test_instance_balanced_positives_on_cuda_are_sync_free_and_balanced():
-    from libra_d2.sampling import instance_balanced_positives_mask
+    from libra_d2.modeling.sampling import instance_balanced_positives_mask
 
     g = torch.Generator(device=DEV).manual_seed(1)
     # gt 0 has 900 positives, gts 1..3 have 30 each; 64 to draw
@@ -71,7 +71,7 @@ def test_instance_balanced_positives_on_cuda_are_sync_free_and_balanced():
 def test_samplers_numpy_and_torch_paths_agree_in_distribution_on_cuda():
     """The CPU path (numpy) and the CUDA path (torch) implement one specification: for a
     skewed IoU distribution, the mean sampled IoU agrees within sampling noise."""
-    from libra_d2.sampling import sample_iou_balanced_negatives
+    from libra_d2.modeling.sampling import sample_iou_balanced_negatives
 
     gen = torch.Generator().manual_seed(0)
     iou = torch.rand(6000, generator=gen) ** 4 * 0.5  # most negatives near 0
@@ -88,7 +88,7 @@ def test_samplers_numpy_and_torch_paths_agree_in_distribution_on_cuda():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_balanced_l1_cuda_equals_cpu(dtype):
-    from libra_d2.losses import balanced_l1_loss
+    from libra_d2.modeling.losses import balanced_l1_loss
 
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(4096, 4, generator=g) * 2).to(dtype).requires_grad_()
@@ -109,7 +109,7 @@ def test_balanced_l1_cuda_equals_cpu(dtype):
 
 @pytest.mark.parametrize("refine", ["non_local", "conv"])
 def test_bfp_cuda_equals_cpu_and_is_finite_under_autocast(refine):
-    from libra_d2.bfp import BFP
+    from libra_d2.modeling.bfp import BFP
 
     torch.manual_seed(0)
     m = BFP(64, 5, refine_level=2, refine_type=refine).eval()
@@ -144,7 +144,7 @@ def test_builtin_models_train_on_cuda_with_float16_autocast(libra_cfg, shapes_ro
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
 
-    from libra_d2.training import LibraTrainer
+    from libra_d2.engine import LibraTrainer
 
     cfg = libra_cfg(config, *TINY)
     cfg.MODEL.DEVICE = DEV

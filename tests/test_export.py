@@ -9,7 +9,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from libra_d2.export import ExportableDetector, _example, export_onnx, export_program, size_bounds, trace_detector
+from libra_d2.export.exporters import ExportableDetector, _example, compare_detections, export_onnx, export_program, size_bounds, trace_detector
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRACE_SIZE = (192, 256)
@@ -46,26 +46,11 @@ def _eager(model, x):
 
 
 def _assert_parity(ref, out):
-    """Same detections: equal count, and a one-to-one match with boxes within 1e-3 px, scores
-    within 1e-5 and equal classes. (Matched, not compared row by row: detections whose scores
-    tie exactly may come out in either order.)"""
-    assert ref[0].shape[0] > 0, "no detections: the comparison would be empty"
-    assert out[0].shape == ref[0].shape, (out[0].shape, ref[0].shape)
-    box_d = (ref[0][:, None, :] - out[0][None, :, :]).abs().amax(-1)
-    ok = (box_d <= 1e-3) & ((ref[1][:, None] - out[1][None, :]).abs() <= 1e-5)
-    ok &= ref[2][:, None].long() == out[2][None, :].long()
-    used = torch.zeros(out[0].shape[0], dtype=torch.bool)
-    assert len(out) == len(ref), (len(out), len(ref))
-    for i in range(ref[0].shape[0]):
-        cand = (ok[i] & ~used).nonzero().flatten()
-        assert len(cand), f"eager detection {i} ({ref[0][i].tolist()}, {float(ref[1][i]):.6f}) has no exported match"
-        used[cand[0]] = True
-        if len(ref) == 4:  # masks [N, H, W] in image pixels: IoU with the eager mask >= 0.99
-            a, b = ref[3][i].bool(), out[3][int(cand[0])].bool()
-            assert a.shape == b.shape, (a.shape, b.shape)
-            union = int((a | b).sum())
-            iou = int((a & b).sum()) / union if union else 1.0
-            assert iou >= 0.99, (i, iou)
+    """Same detections (the export tool's comparison): equal count, a one-to-one match with
+    boxes within 1e-3 px, scores within 1e-5, equal classes, mask IoU >= 0.99; an empty
+    reference is refused."""
+    res = compare_detections(ref, out, require_detections=True)
+    assert res["all_matched"], res
 
 
 @pytest.mark.parametrize("config", CONFIGS + [CASCADE, MASK])
@@ -184,7 +169,7 @@ def test_onnx_dynamo_exporter_matches_eager_with_dynamic_sizes(libra_cfg, tmp_pa
 
 @pytest.mark.parametrize("config", CONFIGS + [CASCADE, MASK])
 def test_branch_free_inference_equals_eager(libra_cfg, config):
-    """libra_d2.export_inference (the path torch.export traces) gives the eager detections."""
+    """libra_d2.export.inference (the path torch.export traces) gives the eager detections."""
     cfg, model = _model(libra_cfg, config)
     wrapper = ExportableDetector(model, branch_free=True)
     for i, size in enumerate(CHECK_SIZES[:2]):

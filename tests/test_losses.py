@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from libra_d2.losses import balanced_l1_loss
+from libra_d2.modeling.losses import balanced_l1_loss
 
 B = math.exp(3.0) - 1.0  # b for alpha 0.5, gamma 1.5
 

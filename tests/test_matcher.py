@@ -5,7 +5,7 @@ from detectron2.modeling import build_model
 from detectron2.modeling.matcher import Matcher
 
 from libra_d2.config import LibraConfigError, validate_libra_config
-from libra_d2.matcher import ReferenceMatcher
+from libra_d2.modeling.matcher import ReferenceMatcher
 
 
 def reference_assign(iou, neg_thr, pos_thr, min_pos_iou):

@@ -52,19 +52,31 @@ def test_readme_snippet_trains_and_evaluates_with_libra_trainer(linked_data, tmp
     assert (out / "model_final.pth").is_file() and (out / "coco_instances_results.json").is_file()
 
 
-def test_readme_snippet_with_default_trainer_stops_at_start_or_trains(linked_data, tmp_path):
-    src = readme_snippet().replace("Base = LibraTrainer", "Base = DefaultTrainer")
-    # the built-in recipe asks for AdamW, which DefaultTrainer cannot build: a clear stop, no checkpoint
+def test_readme_snippet_with_default_trainer_stops_at_merge_or_trains(linked_data, tmp_path):
+    src = readme_snippet()
+    line = "add_libra_trainer_config(cfg)  #"
+    assert line in src
+    src = src.replace("Base = LibraTrainer", "Base = DefaultTrainer").replace(line, "#")
+    # the built-in recipe asks for AdamW, which DefaultTrainer cannot build: a clear stop at merge
     out = tmp_path / "out_stop"
     proc = run_snippet(tmp_path, src, *QUICK, "OUTPUT_DIR", str(out))
     assert proc.returncode != 0
-    assert "SOLVER.OPTIMIZER = 'AdamW'" in proc.stderr and "LibraTrainer" in proc.stderr
+    assert "SOLVER.OPTIMIZER" in proc.stderr and "LibraTrainer" in proc.stderr, proc.stderr[-2000:]
     assert not (out / "model_final.pth").exists()
-    # with SGD, detectron2's own trainer trains the Libra model and its default COCOEvaluator
-    # (fast path requested) evaluates on the default install
+    # an SGD variant of the recipe (no LibraTrainer keys): detectron2's own trainer trains the
+    # Libra model and its default COCOEvaluator evaluates on the default install
+    from libra_d2.config import TRAINER_KEYS, get_libra_cfg
+
+    cfg = get_libra_cfg(os.path.join(ROOT, "configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml"))
+    for key in TRAINER_KEYS:
+        section, name = key.split(".")
+        cfg[section].pop(name)
+    cfg.SOLVER.BASE_LR = 0.002
+    sgd_yaml = tmp_path / "work" / "libra_rcnn_sgd.yaml"
+    sgd_yaml.write_text(cfg.dump())
+    src = src.replace("configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml", str(sgd_yaml))
     out = tmp_path / "out_sgd"
-    proc = run_snippet(tmp_path, src, *QUICK, "SOLVER.OPTIMIZER", "SGD", "SOLVER.BASE_LR", "0.002",
-                       "OUTPUT_DIR", str(out))
+    proc = run_snippet(tmp_path, src, *QUICK, "OUTPUT_DIR", str(out))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "Evaluation results for bbox" in proc.stdout + proc.stderr
     assert (out / "model_final.pth").is_file()

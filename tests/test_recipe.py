@@ -25,7 +25,7 @@ def _train(cfg, seed, batches):
     from detectron2.solver import build_lr_scheduler
     from detectron2.utils.events import EventStorage
 
-    from libra_d2.training import LibraTrainer
+    from libra_d2.engine import LibraTrainer
 
     torch.manual_seed(seed)
     model = build_model(cfg)

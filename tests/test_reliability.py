@@ -67,7 +67,7 @@ def test_sigkill_then_resume_equals_straight_run(shapes_root, tmp_path, pipeline
 CHILD = r"""
 import os, sys, torch
 sys.path.insert(0, {root!r})
-from libra_d2.training import AtomicDetectionCheckpointer
+from libra_d2.engine import AtomicDetectionCheckpointer
 model = torch.nn.Linear(8192, 8192 * 2)
 ck = AtomicDetectionCheckpointer(model, {out!r})
 ck.save("model_a")
@@ -147,7 +147,7 @@ def register(name, json_file, img_dir):
 
 
 def trainer_for(libra_cfg, name, tmp_path):
-    from libra_d2.training import LibraTrainer
+    from libra_d2.engine import LibraTrainer
 
     cfg = libra_cfg("builtin/libra_rcnn_R_18_FPN_cpu.yaml", "DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", "()",
                     "DATALOADER.NUM_WORKERS", 0, "SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 1,
@@ -328,8 +328,7 @@ def test_training_and_resume_write_only_through_path_manager(shapes_root, tmp_pa
     events (local in detectron2 too) is written to the local disk."""
     from detectron2.utils.file_io import PathManager
 
-    from libra_d2.engine import write_results
-    from libra_d2.training import LibraTrainer
+    from libra_d2.engine import LibraTrainer, write_results
 
     handler = MemoryHandler()
     PathManager.register_handler(handler)

@@ -12,8 +12,8 @@ from detectron2.structures import pairwise_iou
 from detectron2.utils.events import EventStorage
 
 from libra_d2.config import LibraConfigError
-from libra_d2.roi_samplers import ROI_SAMPLER_REGISTRY, registered_samplers
-from libra_d2.sampling import top_loss_mask
+from libra_d2.modeling.roi_samplers import ROI_SAMPLER_REGISTRY, registered_samplers
+from libra_d2.modeling.sampling import top_loss_mask
 from tests.conftest import ROOT, TINY, inputs, run_train_net, small_heads
 
 
@@ -166,7 +166,7 @@ def test_readme_user_sampler_changes_which_rois_a_head_samples(libra_cfg, user_s
 
 
 def test_readme_user_sampler_trains(shapes_root, libra_cfg, tmp_path, user_sampler):
-    from libra_d2.training import LibraTrainer
+    from libra_d2.engine import LibraTrainer
 
     cfg = libra_cfg("builtin/libra_rcnn_R_18_FPN_cpu.yaml", "MODEL.LIBRA.NEG_SAMPLER", user_sampler,
                     "SOLVER.MAX_ITER", 3, "OUTPUT_DIR", str(tmp_path), *TINY, "TEST.EVAL_PERIOD", 0)

@@ -6,7 +6,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from libra_d2.rpn import cap_negatives
+from libra_d2.modeling.rpn import cap_negatives
 
 
 def test_cap_negatives_with_few_positives_and_none():
@@ -194,9 +194,9 @@ def test_retinanet_clip_before_nms_drops_empty_boxes_before_the_top_k(libra_cfg)
 
 def test_retinanet_group_norm_head_builds_on_this_detectron2(libra_cfg):
     """MODEL.RETINANET.NORM "GN" builds a head of GroupNorm(32, C) layers for the plain and the
-    Libra RetinaNet (detectron2 0.6's own head raises: libra_d2.compat), with parameter names
+    Libra RetinaNet (detectron2 0.6's own head raises: libra_d2.modeling.compat), with parameter names
     that do not depend on the detectron2 version, and it trains."""
-    from libra_d2.compat import enable_retinanet_group_norm, group_norm, retinanet_head_builds_group_norm
+    from libra_d2.modeling.compat import enable_retinanet_group_norm, group_norm, retinanet_head_builds_group_norm
 
     assert (group_norm(64).num_groups, group_norm(64).num_channels) == (32, 64)
     changed = enable_retinanet_group_norm()
@@ -206,9 +206,6 @@ def test_retinanet_group_norm_head_builds_on_this_detectron2(libra_cfg):
         norms = [(name, m) for name, m in model.head.named_modules() if isinstance(m, torch.nn.GroupNorm)]
         assert [n for n, _ in norms] == [f"{b}.{i}" for b in ("cls_subnet", "bbox_subnet") for i in (1, 4, 7, 10)]
         assert {(m.num_groups, m.num_channels) for _, m in norms} == {(32, 64)}
-    from libra_d2.engine.trainer_keys import release_trainer_guards
-
-    release_trainer_guards(model)  # the builtin configs name AdamW; this test steps no optimizer
     model.train()
     gt = Instances((96, 128), gt_boxes=Boxes(torch.tensor([[10.0, 12, 60, 70]])), gt_classes=torch.tensor([1]))
     images = [{"image": torch.randint(0, 255, (3, 96, 128), dtype=torch.uint8), "instances": gt}]

@@ -49,8 +49,7 @@ def test_grouping_gives_single_group_batches_and_visits_images_evenly():
     counts = torch.zeros(100)
     n_batches = 2500
     for k, batch in enumerate(take(s, n_batches)):
-        g = {int(groups[i]) for _, i in batch}
-        assert g == {s.batch_group(k)}, (k, batch)
+        assert len({int(groups[i]) for _, i in batch}) == 1, (k, batch)
         for _, i in batch:
             counts[i] += 1
     # each image once per pass of its group: counts are (almost) equal for all images
@@ -138,7 +137,7 @@ def test_plan_from_config_and_clear_errors(libra_cfg):
 
 
 def test_trainer_rejects_unsupported_sampler(libra_cfg, shapes_root, tmp_path):
-    from libra_d2.training import LibraTrainer
+    from libra_d2.engine import LibraTrainer
 
     cfg = _cfg(libra_cfg, "DATALOADER.SAMPLER_TRAIN", "MySampler", "OUTPUT_DIR", str(tmp_path))
     with pytest.raises(ValueError, match="MySampler"):
@@ -148,7 +147,7 @@ def test_trainer_rejects_unsupported_sampler(libra_cfg, shapes_root, tmp_path):
 def test_loader_batches_do_not_depend_on_workers(libra_cfg, shapes_root, tmp_path):
     """NUM_WORKERS 0 and 2: the same images, flips and crops, batch for batch (mixed-aspect
     data, grouping on)."""
-    from libra_d2.training import LibraTrainer
+    from libra_d2.engine import LibraTrainer
 
     out = []
     for workers in (0, 2):

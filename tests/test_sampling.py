@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from libra_d2.sampling import sample_instance_balanced_positives, sample_iou_balanced_negatives
+from libra_d2.modeling.sampling import sample_instance_balanced_positives, sample_iou_balanced_negatives
 
 
 @pytest.fixture(params=["numpy", "torch"])

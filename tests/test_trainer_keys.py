@@ -1,50 +1,51 @@
-"""The guard for keys only LibraTrainer honours (SOLVER.OPTIMIZER, SOLVER.FUSED_OPTIMIZER)."""
+"""Keys that only LibraTrainer honours (SOLVER.OPTIMIZER, SOLVER.FUSED_OPTIMIZER,
+DATALOADER.EXACT_RESUME) exist only where add_libra_trainer_config added them: a config that
+sets one without it stops at merge, naming LibraTrainer."""
+import os
+
 import pytest
-import torch
-from detectron2.modeling import build_model
-from detectron2.utils.events import EventStorage
+from detectron2.config import get_cfg
 
-from libra_d2.config import LibraConfigError
-from libra_d2.engine.trainer_keys import release_trainer_guards, trainer_only_settings
+import libra_d2
+from libra_d2.config import TRAINER_KEYS, add_libra_trainer_config, get_libra_cfg
 
-
-def _batch():
-    from detectron2.structures import Boxes, Instances
-
-    inst = Instances((96, 128), gt_boxes=Boxes(torch.tensor([[10.0, 10, 60, 70]])), gt_classes=torch.tensor([1]))
-    return [{"image": torch.rand(3, 96, 128) * 255, "instances": inst}]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILTIN = os.path.join(ROOT, "configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml")
 
 
-def test_guard_stops_a_training_step_unless_the_optimizer_honours_the_keys(libra_cfg):
+def _model_keys_cfg():
+    cfg = get_cfg()
+    libra_d2.add_libra_config(cfg)
+    return cfg
+
+
+def test_a_trainer_key_without_the_trainer_keys_stops_at_merge_naming_libra_trainer():
+    with pytest.raises(KeyError, match="SOLVER.OPTIMIZER.*LibraTrainer"):
+        _model_keys_cfg().merge_from_file(BUILTIN)  # the built-in recipe asks for AdamW
+    for key, value in (("SOLVER.OPTIMIZER", "AdamW"), ("SOLVER.FUSED_OPTIMIZER", "True"),
+                       ("DATALOADER.EXACT_RESUME", "False")):
+        with pytest.raises(KeyError, match=f"{key}.*LibraTrainer"):
+            _model_keys_cfg().merge_from_list([key, value])
+
+
+def test_with_the_trainer_keys_every_way_of_setting_them_works():
+    cfg = get_libra_cfg(BUILTIN, ["SOLVER.FUSED_OPTIMIZER", "True", "DATALOADER.EXACT_RESUME", "False"])
+    assert (cfg.SOLVER.OPTIMIZER, cfg.SOLVER.FUSED_OPTIMIZER, cfg.DATALOADER.EXACT_RESUME) == ("AdamW", True, False)
+    add_libra_trainer_config(cfg)  # idempotent: keeps the merged values
+    assert cfg.SOLVER.OPTIMIZER == "AdamW" and cfg.DATALOADER.EXACT_RESUME is False
+    assert get_libra_cfg(trainer=False).SOLVER.get("OPTIMIZER") is None
+    assert {k for k in TRAINER_KEYS} == {"SOLVER.OPTIMIZER", "SOLVER.FUSED_OPTIMIZER", "DATALOADER.EXACT_RESUME"}
+
+
+def test_libra_trainer_builds_adamw_from_the_keys_and_sgd_without_them(libra_cfg):
+    import torch
+    from detectron2.modeling import build_model
+
+    from libra_d2.engine import LibraTrainer
+
     cfg = libra_cfg("builtin/libra_rcnn_R_18_FPN_cpu.yaml")
-    assert trainer_only_settings(cfg) == ["SOLVER.OPTIMIZER = 'AdamW'"]
     model = build_model(cfg)
-    model.eval()
-    with torch.no_grad():
-        model([{"image": torch.rand(3, 96, 128) * 255}])  # inference: unaffected
-    model.train()
-    with torch.no_grad(), EventStorage():
-        model(_batch())  # loss evaluation without gradients: unaffected
-    with pytest.raises(LibraConfigError, match="SOLVER.OPTIMIZER = 'AdamW'.*LibraTrainer"), EventStorage():
-        model(_batch())
-    # LibraTrainer's optimizer builder honours the key, so it releases the guard
-    from libra_d2.training import LibraTrainer
-
-    opt = LibraTrainer.build_optimizer(cfg, model)
-    assert isinstance(opt, torch.optim.AdamW)
-    with EventStorage():
-        sum(model(_batch()).values()).backward()
-
-
-def test_no_guard_for_sgd_and_explicit_release(libra_cfg):
-    sgd = libra_cfg("builtin/libra_rcnn_R_18_FPN_cpu.yaml", "SOLVER.OPTIMIZER", "SGD")
-    assert trainer_only_settings(sgd) == []
-    model = build_model(sgd).train()
-    with EventStorage():
-        model(_batch())
-    retina = build_model(libra_cfg("builtin/libra_retinanet_R_18_FPN_cpu.yaml")).train()
-    with pytest.raises(LibraConfigError), EventStorage():
-        retina(_batch())
-    release_trainer_guards(retina)
-    with EventStorage():
-        retina(_batch())
+    assert isinstance(LibraTrainer.build_optimizer(cfg, model), torch.optim.AdamW)
+    sgd = get_libra_cfg(trainer=False)
+    sgd.MODEL.DEVICE = "cpu"
+    assert isinstance(LibraTrainer.build_optimizer(sgd, model), torch.optim.SGD)

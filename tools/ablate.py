@@ -35,10 +35,11 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from libra_d2.ablation import (  # noqa: E402
+from libra_d2.analysis.ablation import (  # noqa: E402
     PRESET_NAMES,
     Variant,
     build_report,
+    identity_equivalence,
     load_metrics_by_task,
     preset_plan,
     primary_task,
@@ -136,12 +137,13 @@ def write_outputs(out_dir, variants, baseline, runs, title):
     if any(r.get("metrics") and "AR@100" in r["metrics"] and "AP" not in r["metrics"] for r in runs):
         tasks.add("box_proposals")
     main_task = primary_task(tasks)
-    report = build_report(runs, baseline, task=main_task)
+    equivalent = identity_equivalence(load_identity_records(IDENTITY))
+    report = build_report(runs, baseline, task=main_task, equivalent=equivalent)
     extra = sorted(tasks - {main_task})
     by_task = {}
     for task in extra:
         task_runs = [dict(r, metrics=(r.get("metrics_by_task") or {}).get(task)) for r in runs]
-        by_task[task] = build_report(task_runs, baseline, task=task)
+        by_task[task] = build_report(task_runs, baseline, task=task, equivalent=equivalent)
     data = {"baseline": baseline, "variants": [v.to_dict() for v in variants], "runs": runs, "report": report}
     if by_task:
         data["reports_by_task"] = by_task
@@ -156,6 +158,17 @@ def write_outputs(out_dir, variants, baseline, runs, title):
     with open(os.path.join(out_dir, "ablation.md"), "w") as f:
         f.write(md)
     return report
+
+
+# committed seeded-identity hashes: two commits they prove equivalent pair (docs/ablation.md)
+IDENTITY = os.path.join(ROOT, "docs", "seeded_identity.json")
+
+
+def load_identity_records(path):
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return json.load(f)
 
 
 RUN_INFO = "ablate_run.json"  # per run folder: the provenance (commit, processor, threads, versions, seconds)

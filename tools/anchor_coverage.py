@@ -29,17 +29,13 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not os.path.isfile(args.config_file):
         sys.exit(f"[anchor_coverage] no such config file: {args.config_file}")
-    from detectron2.config import get_cfg
     from detectron2.data import DatasetCatalog
     from detectron2.modeling import build_anchor_generator, build_backbone
 
-    import libra_d2
-    from libra_d2.anchor_coverage import anchor_coverage, summarize_coverage
+    from libra_d2.analysis.anchor_coverage import anchor_coverage, summarize_coverage
+    from libra_d2.config import get_libra_cfg
 
-    cfg = get_cfg()
-    libra_d2.add_libra_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_libra_cfg(args.config_file, args.opts)
     cfg.MODEL.DEVICE = "cpu"
     dense = "RetinaNet" in cfg.MODEL.META_ARCHITECTURE
     head = cfg.MODEL.RETINANET if dense else cfg.MODEL.RPN

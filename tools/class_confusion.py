@@ -30,7 +30,7 @@ def main(argv=None):
     for path in (args.results, args.gt):
         if not os.path.isfile(path):
             sys.exit(f"[class_confusion] no such file: {path}")
-    from libra_d2.class_confusion import diagnose
+    from libra_d2.analysis.class_confusion import diagnose
 
     with open(args.gt) as f:
         gt = json.load(f)

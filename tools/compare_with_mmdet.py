@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Compare a converted reference checkpoint in libra-d2 with the reference itself (mmdetection).
 
-    python tools/compare_with_mmdet.py --mmdet-python ~/.cache/mmdet-reference-venv/bin/python \\
+    python tools/compare_with_mmdet.py --mmdet-python MMDET_PYTHON \\
         --mmdet-config MMDET_CONFIGS/libra_rcnn/libra-faster-rcnn_r50_fpn_1x_coco.py \\
         --checkpoint libra_faster_rcnn_r50_fpn_1x_coco.pth --train-losses -o output/compare.json
 
@@ -171,7 +171,7 @@ def libra_side(arch, cfg, converted, build_model, image_rgb, gt, settings, prior
     from detectron2.structures import Boxes, Instances
     from detectron2.utils.events import EventStorage
 
-    import libra_d2.rpn as rpn_module
+    import libra_d2.modeling.rpn as rpn_module
 
     h, w = image_rgb.shape[:2]
     x = torch.from_numpy(np.ascontiguousarray(image_rgb.transpose(2, 0, 1))).float()

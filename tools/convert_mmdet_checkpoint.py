@@ -97,12 +97,9 @@ def detect(state_dict):
 
 
 def build_config(arch, state_dict):
-    from detectron2.config import get_cfg
+    from libra_d2.config import get_libra_cfg
 
-    import libra_d2
-
-    cfg = get_cfg()
-    libra_d2.add_libra_config(cfg)
+    cfg = get_libra_cfg()
     if arch == "rcnn":
         cfg.merge_from_file(os.path.join(ROOT, "configs/Base-Libra-RCNN-FPN.yaml"))
         num_classes = state_dict["roi_head.bbox_head.fc_cls.weight"].shape[0] - 1

@@ -63,15 +63,11 @@ def dump(cfg, model, dataset_name):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    import libra_d2
+    from libra_d2.config import get_libra_cfg
 
-    cfg = get_cfg()
-    libra_d2.add_libra_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_libra_cfg(args.config_file, args.opts)
     if cfg.MODEL.LOAD_PROPOSALS or cfg.MODEL.PROPOSAL_GENERATOR.NAME == "PrecomputedProposals":
         sys.exit("dump_proposals.py: the config has no RPN (it loads precomputed proposals); give an RPN/Faster R-CNN config")
     if not cfg.MODEL.WEIGHTS:

@@ -67,15 +67,11 @@ def parse_size(text):
 
 def build(cfg_file, opts):
     from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    import libra_d2
+    from libra_d2.config import get_libra_cfg
 
-    cfg = get_cfg()
-    libra_d2.add_libra_config(cfg)
-    cfg.merge_from_file(cfg_file)
-    cfg.merge_from_list(opts)
+    cfg = get_libra_cfg(cfg_file, opts)
     if not cfg.MODEL.WEIGHTS:
         print("[export] warning: MODEL.WEIGHTS is empty: exporting randomly initialised weights", file=sys.stderr)
     model = build_model(cfg)
@@ -87,7 +83,7 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     import torch
 
-    from libra_d2.export import ExportableDetector, _example, compare_detections, default_example_size, export_onnx, trace_detector
+    from libra_d2.export.exporters import ExportableDetector, _example, compare_detections, default_example_size, export_onnx, trace_detector
 
     cfg, model = build(args.config_file, args.opts)
     size = parse_size(args.size) if args.size else default_example_size(cfg)

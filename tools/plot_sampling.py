@@ -49,7 +49,7 @@ def collect(cfg, num_images, seed=0):
     from detectron2.structures import pairwise_iou
     from detectron2.utils.events import EventStorage
 
-    from libra_d2.sampling import random_subset_mask, sample_iou_balanced_negatives
+    from libra_d2.modeling.sampling import random_subset_mask, sample_iou_balanced_negatives
 
     torch.manual_seed(seed)
     model = build_model(cfg)
@@ -123,14 +123,10 @@ def main(argv=None):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from detectron2.config import get_cfg
 
-    import libra_d2
+    from libra_d2.config import get_libra_cfg
 
-    cfg = get_cfg()
-    libra_d2.add_libra_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_libra_cfg(args.config_file, args.opts)
     cfg.freeze()
     sets, bins, hi, lo, k, bg = collect(cfg, args.num_images, args.seed)
     rows = table(sets, bins, k)

@@ -29,15 +29,10 @@ def get_parser():
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    from detectron2.config import get_cfg
-
-    import libra_d2
+    from libra_d2.config import get_libra_cfg
     from libra_d2.utils.visualize import build_predictor, visualize_files
 
-    cfg = get_cfg()
-    libra_d2.add_libra_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_libra_cfg(args.config_file, args.opts)
     cfg.MODEL.RETINANET.SCORE_THRESH_TEST = args.confidence_threshold
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
     cfg.freeze()

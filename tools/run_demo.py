@@ -36,14 +36,10 @@ def main():
     data_dir = ensure_generated()
     if args.fresh and os.path.isdir(args.output_dir):
         shutil.rmtree(args.output_dir)
-    from detectron2.config import get_cfg
-
-    import libra_d2
+    from libra_d2.config import get_libra_cfg
     from libra_d2.engine.cpu_amp import native_bf16_opts
 
-    cfg = get_cfg()
-    libra_d2.add_libra_config(cfg)
-    cfg.merge_from_file(args.config_file)
+    cfg = get_libra_cfg(args.config_file)
     # a processor with native bfloat16 trains the demo under CPU bfloat16 autocast (same AP
     # within the seed spread, about a third less time: docs/performance.md); the options after the
     # config's own, so SOLVER.AMP.ENABLED False in DEMO_OPTS keeps float32
@@ -64,9 +60,7 @@ def main():
 
     from libra_d2.utils.visualize import build_predictor, visualize_files
 
-    cfg = get_cfg()
-    libra_d2.add_libra_config(cfg)
-    cfg.merge_from_file(os.path.join(args.output_dir, "config.yaml"))
+    cfg = get_libra_cfg(os.path.join(args.output_dir, "config.yaml"))
     cfg.MODEL.WEIGHTS = os.path.join(args.output_dir, "model_final.pth")
     val_dir = os.path.join(data_dir, "val")
     images = sorted(os.listdir(val_dir))[: args.num_vis]

@@ -8,11 +8,14 @@ LazyCall; the mask head trains on LibraROIHeads' balanced positives. Same model 
     python train_net.py --config-file configs/lazy/libra_mask_rcnn_R_50_FPN_1x.py --num-gpus 8
 """
 
-from libra_d2.backbone import BFPFPN
-from libra_d2.fast_rcnn import LibraFastRCNNOutputLayers
-from libra_d2.lazy import d2_config
-from libra_d2.roi_heads import LibraROIHeads
-from libra_d2.rpn import LibraRPN
+from detectron2.config import LazyCall as L
+
+from libra_d2.modeling.backbone import BFPBackbone
+from libra_d2.modeling.fast_rcnn import LibraFastRCNNOutputLayers
+from libra_d2.modeling.roi_heads import LibraROIHeads
+from libra_d2.modeling.rpn import LibraRPN
+
+from .common import d2_config
 
 model = d2_config("common/models/mask_rcnn_fpn.py").model
 dataloader = d2_config("common/data/coco.py").dataloader
@@ -25,9 +28,7 @@ model.pixel_mean = [103.530, 116.280, 123.675]
 model.pixel_std = [1.0, 1.0, 1.0]
 
 # Balanced Feature Pyramid: FPN + gather/refine/scatter at p4 with a non-local block
-model.backbone._target_ = BFPFPN
-model.backbone.refine_level = 2
-model.backbone.refine_type = "non_local"
+model.backbone = L(BFPBackbone)(backbone=model.backbone, refine_level=2, refine_type="non_local")
 
 # RPN: at most 5 negatives per positive anchor of an image
 model.proposal_generator._target_ = LibraRPN
@@ -49,6 +50,6 @@ model.roi_heads.box_predictor.update(
     box_reg_loss_type="balanced_l1", balanced_l1_alpha=0.5, balanced_l1_gamma=1.5, balanced_l1_beta=1.0,
 )
 
-model.backbone.bottom_up.freeze_at = 2
+model.backbone.backbone.bottom_up.freeze_at = 2
 train.init_checkpoint = "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
 train.seed = -1

@@ -16,11 +16,13 @@ from detectron2.solver.build import get_default_optimizer_params
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 import libra_d2  # noqa: F401  (registers the built-in datasets)
-from libra_d2.backbone import BFPFPN
-from libra_d2.fast_rcnn import LibraFastRCNNOutputLayers
-from libra_d2.lazy import clipped_optimizer, d2_config
-from libra_d2.roi_heads import LibraROIHeads
-from libra_d2.rpn import LibraRPN
+from libra_d2.engine.optimizer import clipped_optimizer
+from libra_d2.modeling.backbone import BFPBackbone
+from libra_d2.modeling.fast_rcnn import LibraFastRCNNOutputLayers
+from libra_d2.modeling.roi_heads import LibraROIHeads
+from libra_d2.modeling.rpn import LibraRPN
+
+from .common import d2_config
 
 model = d2_config("common/models/mask_rcnn_fpn.py").model
 dataloader = d2_config("common/data/coco.py").dataloader
@@ -34,7 +36,8 @@ model.backbone.bottom_up.stem.norm = "GN"
 model.backbone.bottom_up.stages.update(depth=18, norm="GN")
 model.backbone.bottom_up.stages.pop("stride_in_1x1")  # not an argument of ResNet-18's BasicBlock
 model.backbone.bottom_up.freeze_at = 0
-model.backbone.update(_target_=BFPFPN, out_channels=64, norm="GN", refine_level=2, refine_type="non_local")
+model.backbone.update(out_channels=64, norm="GN")
+model.backbone = L(BFPBackbone)(backbone=model.backbone, refine_level=2, refine_type="non_local")
 
 model.proposal_generator.update(_target_=LibraRPN, neg_pos_ub=5.0, pre_nms_topk=(1000, 500), post_nms_topk=(500, 300))
 model.proposal_generator.head.in_channels = 64

@@ -5,9 +5,12 @@ Same model as ``configs/COCO-Detection/libra_retinanet_R_50_FPN_1x.yaml``.
     python train_net.py --config-file configs/lazy/libra_retinanet_R_50_FPN_1x.py --num-gpus 8
 """
 
-from libra_d2.backbone import BFPFPN
-from libra_d2.lazy import d2_config
-from libra_d2.retinanet import LibraRetinaNet
+from detectron2.config import LazyCall as L
+
+from libra_d2.modeling.backbone import BFPBackbone
+from libra_d2.modeling.retinanet import LibraRetinaNet
+
+from .common import d2_config
 
 model = d2_config("common/models/retinanet.py").model
 dataloader = d2_config("common/data/coco.py").dataloader
@@ -21,9 +24,7 @@ model.pixel_std = [1.0, 1.0, 1.0]
 optimizer.lr = 0.01
 
 model._target_ = LibraRetinaNet
-model.backbone._target_ = BFPFPN
-model.backbone.refine_level = 1
-model.backbone.refine_type = "non_local"
+model.backbone = L(BFPBackbone)(backbone=model.backbone, refine_level=1, refine_type="non_local")
 # the yacs configs' anchor sizes (3 scales per octave, written to 4 decimals; common/ computes
 # them exactly, which moves boxes by ~1e-5 px)
 model.anchor_generator.sizes = [
@@ -34,6 +35,6 @@ model.smooth_l1_beta = 0.0
 model.box_reg_loss_type = "smooth_l1"  # replaced by Balanced L1 below (LibraRetinaNet computes it)
 model.balanced_l1 = dict(alpha=0.5, gamma=1.5, beta=0.11)
 
-model.backbone.bottom_up.freeze_at = 2
+model.backbone.backbone.bottom_up.freeze_at = 2
 train.init_checkpoint = "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
 train.seed = -1

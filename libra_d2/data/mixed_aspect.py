@@ -11,8 +11,8 @@ detectron2's loader, evaluated with ``COCOEvaluator``); generated on first use u
 import json
 import os
 import shutil
-import tempfile
 
+from .atomic import atomic_folder
 from .shapes import SPLITS, _lock, dataset_dir, ensure_generated
 
 __all__ = ["PORTRAIT_EVERY", "mixed_dir", "ensure_mixed"]
@@ -76,16 +76,7 @@ def ensure_mixed(root=None):
     src = ensure_generated(root)
     with _lock(path):
         if not _complete(path):
-            tmp = tempfile.mkdtemp(prefix=".libra_shapes_mixed_tmp_", dir=os.path.dirname(path))
-            try:
+            with atomic_folder(path, _marker()) as tmp:
                 for split in SPLITS:
                     _write_split(src, tmp, split)
-                with open(os.path.join(tmp, "COMPLETE"), "w") as f:
-                    json.dump(_marker(), f)
-                if os.path.exists(path):
-                    shutil.rmtree(path)
-                os.replace(tmp, path)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
     return path

@@ -20,10 +20,10 @@ import fcntl
 import json
 import logging
 import os
-import shutil
-import tempfile
 
 import numpy as np
+
+from .atomic import atomic_folder
 
 __all__ = ["CLASSES", "SPLITS", "dataset_dir", "ensure_generated", "generate", "render_image"]
 
@@ -178,20 +178,9 @@ def is_complete(path, seed=0):
 
 def generate(path, seed=0, progress=True):
     """Generate the dataset into ``path`` (replacing it), atomically."""
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".libra_shapes_tmp_", dir=parent)
-    try:
+    with atomic_folder(path, _marker(seed)) as tmp:
         for split in SPLITS:
             _write_split(tmp, split, seed, progress)
-        with open(os.path.join(tmp, "COMPLETE"), "w") as f:
-            json.dump(_marker(seed), f)
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

@@ -55,7 +55,9 @@ def cpu_bf16_native() -> bool:
 class CPUAutocastTrainer(AMPTrainer):
     """detectron2's ``AMPTrainer`` step on CPU: the forward pass and the loss sum under
     bfloat16 autocast (``autocast=True``) or in float32 (``autocast=False``), then an ordinary
-    backward and optimizer step. Same metrics, hooks and checkpoint contents as AMPTrainer."""
+    backward and optimizer step. The step keeps AMPTrainer's contract on each detectron2
+    version: ``zero_grad_before_forward``, the hooks' ``after_backward`` and
+    ``async_write_metrics`` where the version has them; same metrics and checkpoint contents."""
 
     autocast = True
 
@@ -64,6 +66,9 @@ class CPUAutocastTrainer(AMPTrainer):
         start = time.perf_counter()
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
+        zero_first = getattr(self, "zero_grad_before_forward", False)
+        if zero_first:
+            self.optimizer.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
             loss_dict = self.model(data)
             if isinstance(loss_dict, torch.Tensor):
@@ -71,9 +76,15 @@ class CPUAutocastTrainer(AMPTrainer):
                 loss_dict = {"total_loss": loss_dict}
             else:
                 losses = sum(loss_dict.values())
-        self.optimizer.zero_grad()
+        if not zero_first:
+            self.optimizer.zero_grad()
         losses.backward()
-        self._write_metrics(loss_dict, data_time)
+        if hasattr(self, "after_backward"):  # detectron2 main: the hooks' after_backward
+            self.after_backward()
+        if getattr(self, "async_write_metrics", False):
+            self.concurrent_executor.submit(self._write_metrics, loss_dict, data_time, iter=self.iter)
+        else:
+            self._write_metrics(loss_dict, data_time)
         self.optimizer.step()
 
 

@@ -1,6 +1,6 @@
 """Position-addressed training samplers: batch k of a run is a pure function of (seed, k).
 
-This is what makes ``--resume`` exact (see :mod:`libra_d2.training`) while keeping
+This is what makes ``--resume`` exact (see :mod:`libra_d2.engine.trainer`) while keeping
 detectron2's input pipeline options:
 
 * **aspect-ratio grouping** (``DATALOADER.ASPECT_RATIO_GROUPING``): every batch holds images
@@ -35,9 +35,10 @@ import numpy as np
 import torch
 
 from .data_checks import DatasetError
+from .seeding import SALT_GROUP_DRAWS, SALT_RANDOM_SUBSET, SALT_REPEAT_FACTORS, seed_from
 
 __all__ = [
-    "SUPPORTED_SAMPLERS", "PositionBatchSampler", "aspect_groups", "category_repeat_factors", "seed_from",
+    "SUPPORTED_SAMPLERS", "PositionBatchSampler", "aspect_groups", "category_repeat_factors",
     "training_plan_from_config", "random_subset",
 ]
 
@@ -46,11 +47,6 @@ SUPPORTED_SAMPLERS = (
     "WeightedCategoryTrainingSampler",
 )
 _BLOCK = 4096  # batches per block of group draws
-
-
-def seed_from(*values) -> int:
-    """A 31-bit seed derived from integers (numpy SeedSequence hashing)."""
-    return int(np.random.SeedSequence([int(v) & 0xFFFFFFFF for v in values]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def _generator(seed):
@@ -108,7 +104,7 @@ class _GroupStream:
             return self._cache[e]
         items = self.members
         if self.factors is not None:
-            g = _generator(seed_from(self.seed, 1, self.gid, e))
+            g = _generator(seed_from(self.seed, SALT_REPEAT_FACTORS, self.gid, e))
             ints = torch.floor(self.factors)
             reps = ints + (torch.rand(len(self.factors), generator=g, dtype=torch.float64) < self.factors - ints)
             items = torch.repeat_interleave(self.members, reps.long())
@@ -184,7 +180,7 @@ class PositionBatchSampler(torch.utils.data.Sampler):
     def _block(self, b):
         if len(self.streams) == 1:
             return torch.zeros(_BLOCK, dtype=torch.long)
-        return torch.multinomial(self.weights, _BLOCK, replacement=True, generator=_generator(seed_from(self.seed, 2, b)))
+        return torch.multinomial(self.weights, _BLOCK, replacement=True, generator=_generator(seed_from(self.seed, SALT_GROUP_DRAWS, b)))
 
     def _counts_before(self, k):
         """Batches of each group among global batches [0, k)."""
@@ -195,10 +191,6 @@ class PositionBatchSampler(torch.utils.data.Sampler):
         if part:
             counts += torch.bincount(self._block(full)[:part], minlength=len(self.streams))
         return counts
-
-    def batch_group(self, k) -> int:
-        """Group id (as in ``groups``) of global batch k."""
-        return self.group_ids[int(self._block(k // _BLOCK)[k % _BLOCK])]
 
     def __iter__(self):
         k = self.start
@@ -276,4 +268,4 @@ def random_subset(size: int, ratio, seed: int, key: str = "subset_ratio") -> tor
     n = int(size * float(ratio))
     if n <= 0:
         raise ValueError(f"{key} = {ratio} selects no image out of {size}")
-    return torch.randperm(size, generator=_generator(seed_from(seed, 3)))[:n]
+    return torch.randperm(size, generator=_generator(seed_from(seed, SALT_RANDOM_SUBSET)))[:n]

@@ -1,13 +1,29 @@
-"""The run's base seed and the per-iteration reseeding of the main process."""
+"""Seeds of a run: the base seed, the seeds derived from it, and the per-iteration reseeding
+of the main process.
+
+Every random draw of a run derives from the base seed through :func:`seed_from`. Draws of
+different purposes are kept apart by a salt among the hashed values (the numbers are part
+of every recorded run's identity: changing one changes every trajectory):
+"""
 import os
 
+import numpy as np
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
-from .samplers import seed_from
+__all__ = ["seed_from", "resolve_base_seed", "IterationSeedHook", "SALT_REPEAT_FACTORS", "SALT_GROUP_DRAWS",
+           "SALT_RANDOM_SUBSET", "SALT_WORKER_BASE_SEED"]
 
-__all__ = ["resolve_base_seed", "IterationSeedHook"]
+SALT_REPEAT_FACTORS = 1  # the stochastic rounding of repeat factors, per group and epoch
+SALT_GROUP_DRAWS = 2  # which aspect-ratio group each block of batches comes from
+SALT_RANDOM_SUBSET = 3  # the images of a RandomSubsetTrainingSampler run
+SALT_WORKER_BASE_SEED = 7  # the loader's own generator (the workers' base seed)
+
+
+def seed_from(*values) -> int:
+    """A 31-bit seed derived from integers (numpy SeedSequence hashing)."""
+    return int(np.random.SeedSequence([int(v) & 0xFFFFFFFF for v in values]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def resolve_base_seed(seed: int) -> int:

@@ -16,7 +16,8 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
 from .data_checks import DatasetError, check_json_file, sanitize_boxes
-from .samplers import PositionBatchSampler, aspect_groups, random_subset, seed_from, training_plan_from_config
+from .samplers import PositionBatchSampler, aspect_groups, random_subset, training_plan_from_config
+from .seeding import SALT_WORKER_BASE_SEED, seed_from
 
 __all__ = ["TrainingStream", "PositionSeededDataset", "build_loader", "checked_dataset_dicts", "stream_from_yacs",
            "stream_from_lazy"]
@@ -75,7 +76,7 @@ def build_loader(stream: TrainingStream, seed: int, start_iter: int = 0):
     # another step than in the straight run). Every sample reseeds itself, so the workers'
     # base seed does not change any batch; it comes from a generator of its own.
     generator = torch.Generator()
-    generator.manual_seed(seed_from(seed, start_iter, comm.get_rank(), 7))
+    generator.manual_seed(seed_from(seed, start_iter, comm.get_rank(), SALT_WORKER_BASE_SEED))
     return torch.utils.data.DataLoader(PositionSeededDataset(stream.dicts, stream.mapper, seed),
                                        batch_sampler=sampler, num_workers=stream.num_workers,
                                        collate_fn=trivial_batch_collator, generator=generator)

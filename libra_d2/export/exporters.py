@@ -32,6 +32,9 @@ __all__ = ["ExportableDetector", "trace_detector", "export_program", "compile_ao
            "ONNX_EXPORTERS", "default_example_size", "compare_detections"]
 
 
+MASK_THRESHOLD = 0.5  # detectron2's detector_postprocess default
+
+
 def _is_retinanet(model) -> bool:
     from detectron2.modeling.meta_arch.retinanet import RetinaNet
 
@@ -56,12 +59,12 @@ class ExportableDetector(nn.Module):
         self.model = model
         # Mask R-CNN: a fourth output, masks [N, H, W] (bool) in input pixels
         self.with_masks = bool(getattr(getattr(model, "roi_heads", None), "mask_on", False))
-        # torch.export: libra_d2.export_inference's path (no Python branch on tensor values)
+        # torch.export: libra_d2.export.inference's path (no Python branch on tensor values)
         self.branch_free = bool(branch_free)
         self.eval()  # also what exporters restore afterwards
 
     def _branch_free(self, image):
-        from . import export_inference as ei
+        from . import inference as ei
 
         model = self.model
         x, size = ei.preprocess(model, image)
@@ -100,7 +103,7 @@ class ExportableDetector(nn.Module):
         return model.inference(anchors, logits, deltas, images.image_sizes)[0]
 
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        from .export_inference import _clip, _nonempty, paste_masks
+        from .inference import _clip, _nonempty, paste_masks
 
         # what detectron2's post-processing does at scale 1: clip to the image, drop empty
         # boxes, paste the masks into the image at their boxes
@@ -118,12 +121,8 @@ class ExportableDetector(nn.Module):
             out = (boxes.tensor[keep], inst.scores[keep], inst.pred_classes[keep])
             probs = inst.pred_masks[:, 0] if self.with_masks else None
         if probs is not None:
-            out = out + (paste_masks(probs[keep], out[0], image.shape[-2:], self.mask_threshold),)
+            out = out + (paste_masks(probs[keep], out[0], image.shape[-2:], MASK_THRESHOLD),)
         return out
-
-    @property
-    def mask_threshold(self) -> float:
-        return 0.5  # detectron2's detector_postprocess default
 
 
 def default_example_size(cfg) -> Tuple[int, int]:
@@ -201,7 +200,7 @@ def _nms_fake_kernel():
 
 def export_program(model, example: torch.Tensor, bounds: Tuple[int, int] = None):
     """``torch.export.export`` of :class:`ExportableDetector` on libra-d2's branch-free
-    inference path (:mod:`libra_d2.export_inference`), with dynamic height and width within
+    inference path (:mod:`libra_d2.export.inference`), with dynamic height and width within
     ``bounds`` (default :func:`size_bounds`). Returns the ``ExportedProgram``; save it with
     ``torch.export.save``."""
     wrapper = ExportableDetector(model, branch_free=True)
@@ -309,16 +308,21 @@ def export_onnx(model, example: torch.Tensor, path: str, opset: int = None, dyna
     return path
 
 
-def compare_detections(ref, out, box_tol: float = 1e-3, score_tol: float = 1e-5, mask_iou: float = 0.99) -> dict:
+def compare_detections(ref, out, box_tol: float = 1e-3, score_tol: float = 1e-5, mask_iou: float = 0.99,
+                       require_detections: bool = False) -> dict:
     """Compare two ``(boxes, scores, classes[, masks])`` results: counts, then a one-to-one
     match of each reference detection with an unused output detection of the same class
     within ``box_tol`` px and ``score_tol`` (order-free: exact score ties may come out in
     either order); with masks, each matched pair's mask IoU must be >= ``mask_iou``. Returns
     counts, whether all matched, the largest box/score differences of the matched pairs
-    (row-wise when nothing matches) and, with masks, the smallest mask IoU."""
+    (row-wise when nothing matches) and, with masks, the smallest mask IoU.
+    ``require_detections``: refuse (ValueError) a reference without detections, where the
+    comparison would be empty; results with and without masks never match."""
     n_ref, n_out = int(ref[0].shape[0]), int(out[0].shape[0])
+    if require_detections and n_ref == 0:
+        raise ValueError("the reference has no detections: the comparison would be empty")
     res = {"n_eager": n_ref, "n_exported": n_out, "all_matched": False, "box_max_abs": None, "score_max_abs": None}
-    if n_ref != n_out:
+    if n_ref != n_out or len(ref) != len(out):
         return res
     if n_ref == 0:
         res.update(all_matched=True, box_max_abs=0.0, score_max_abs=0.0)

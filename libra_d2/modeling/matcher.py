@@ -3,7 +3,7 @@ for low-quality matches (see docs/semantics.md, "Anchor matching")."""
 import torch
 from detectron2.modeling.matcher import Matcher
 
-from .config import validate_min_pos_iou
+from ..config import validate_min_pos_iou
 
 __all__ = ["ReferenceMatcher"]
 

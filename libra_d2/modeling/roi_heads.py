@@ -10,10 +10,9 @@ from detectron2.modeling.sampling import subsample_labels
 from detectron2.structures import Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 
-from .config import require_libra_config, validate_sampler_args
-from .engine.trainer_keys import guard_trainer_only_settings, trainer_only_settings
+from ..config import require_libra_config, validate_sampler_args
 from .fast_rcnn import LibraFastRCNNOutputLayers
-from .roi_samplers import SamplingContext, get_roi_sampler, sampler_needs_losses
+from .roi_samplers import SamplingContext, get_roi_sampler, registered_samplers, sampler_needs_losses
 
 __all__ = ["LibraROIHeads", "LibraSamplingMixin"]
 
@@ -27,7 +26,7 @@ class LibraSamplingMixin:
     ``subsample_labels`` counts; only *which* proposals are taken changes:
 
     * positives: ``pos_sampler`` (``MODEL.LIBRA.POS_SAMPLER``): "instance_balanced", "random",
-      "ohem" or any name registered in :data:`~libra_d2.roi_samplers.ROI_SAMPLER_REGISTRY`;
+      "ohem" or any name registered in :data:`~libra_d2.modeling.roi_samplers.ROI_SAMPLER_REGISTRY`;
     * negatives: ``neg_sampler`` (``MODEL.LIBRA.NEG_SAMPLER``): "iou_balanced", "random",
       "ohem" or a registered name; the IoU-balanced sampler reads ``floor_thresh``,
       ``floor_fraction``, ``num_bins`` and ``neg_bin_upper`` (the ``MODEL.LIBRA`` keys of the
@@ -60,11 +59,11 @@ class LibraSamplingMixin:
         num_bins: int = 3,
         neg_bin_upper: str = "max_iou",
         bg_iou_thresh: float = 0.5,
-        trainer_only_settings=(),
         **kwargs,
     ):
         validate_sampler_args(type(self).__name__, pos_sampler, neg_sampler, floor_thresh, floor_fraction, num_bins,
-                              neg_bin_upper, bg_iou_thresh)
+                              neg_bin_upper, bg_iou_thresh,
+                              samplers={r: registered_samplers(r) for r in ("positive", "negative")})
         super().__init__(**kwargs)
         self.pos_sampler = pos_sampler
         self.neg_sampler = neg_sampler
@@ -76,7 +75,6 @@ class LibraSamplingMixin:
         self._pos_sampler_fn = get_roi_sampler(pos_sampler, "positive")
         self._neg_sampler_fn = get_roi_sampler(neg_sampler, "negative")
         self._features_for_sampling = None
-        guard_trainer_only_settings(self, list(trainer_only_settings))
 
     @classmethod
     def background_iou_thresh(cls, cfg) -> float:
@@ -96,7 +94,6 @@ class LibraSamplingMixin:
             num_bins=c.NUM_BINS,
             neg_bin_upper=c.NEG_BIN_UPPER,
             bg_iou_thresh=cls.background_iou_thresh(cfg),
-            trainer_only_settings=trainer_only_settings(cfg),
         )
         return ret
 

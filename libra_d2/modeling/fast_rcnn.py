@@ -3,7 +3,7 @@ from detectron2.config import configurable
 from detectron2.layers import nonzero_tuple
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 
-from .config import check_choice, validate_balanced_l1_args
+from ..config import check_choice, validate_balanced_l1_args
 from .losses import balanced_l1_loss
 
 __all__ = ["LibraFastRCNNOutputLayers"]

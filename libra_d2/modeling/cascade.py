@@ -15,7 +15,7 @@ class LibraCascadeROIHeads(LibraSamplingMixin, CascadeROIHeads):
 
     * Sampling happens once in a cascade, for the first stage (detectron2 samples the RPN
       proposals, the later stages re-label the previous stage's boxes without sampling):
-      that sample is :class:`~libra_d2.roi_heads.LibraSamplingMixin`'s (``MODEL.LIBRA.POS_SAMPLER`` / ``NEG_SAMPLER``
+      that sample is :class:`~libra_d2.modeling.roi_heads.LibraSamplingMixin`'s (``MODEL.LIBRA.POS_SAMPLER`` / ``NEG_SAMPLER``
       and the bin keys; background threshold = ``ROI_BOX_CASCADE_HEAD.IOUS[0]``), with the
       same ``libra/*`` statistics; loss-based samplers ("ohem") score with the first stage.
     * Every stage's predictor is a :class:`LibraFastRCNNOutputLayers` with that stage's

@@ -238,7 +238,7 @@ def _numpy_rng(generator):
 def _iou_balanced_negatives_numpy(max_iou, candidates, num, num_bins, floor_thresh, floor_fraction, upper, generator):
     """CPU path: the same stages on compact index arrays with numpy (no device to sync with,
     and numpy's per-call cost is a fraction of torch's on small arrays). Its randomness comes
-    from a numpy Generator seeded by one draw from the torch generator, so SEED and
+    from a numpy Generator seeded by two draws from the torch generator, so SEED and
     ``generator`` keep runs repeatable."""
     iou = max_iou.detach().numpy()
     neg = candidates.numpy().nonzero()[0]

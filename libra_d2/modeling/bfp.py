@@ -1,13 +1,13 @@
 """Balanced Feature Pyramid (Libra R-CNN, feature level): the module over a list of levels.
-The FPN backbones that apply it are in :mod:`libra_d2.backbone`."""
+The FPN backbones that apply it are in :mod:`libra_d2.modeling.backbone`."""
 from typing import List
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import validate_refine_args
-from .onnx_pooling import adaptive_max_pool2d_gather, onnx_exporting
+from ..config import validate_refine_args
+from .pooling import adaptive_max_pool2d_gather, onnx_exporting
 from .refine import ConvRefine, NonLocal2d
 
 __all__ = ["BFP"]

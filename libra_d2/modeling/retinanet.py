@@ -1,12 +1,15 @@
 """LibraRetinaNet: RetinaNet whose box loss can be Balanced L1 (use with the BFP backbone)."""
 import torch
+import torch.nn.functional as F
 from detectron2.config import configurable
+from detectron2.layers import cat
 from detectron2.modeling.meta_arch import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
+from detectron2.utils.events import get_event_storage
+from fvcore.nn import sigmoid_focal_loss_jit
 
-from .config import require_libra_config, split_balanced_l1, validate_balanced_l1_args
-from .engine.trainer_keys import guard_trainer_only_settings, trainer_only_settings
-from .losses import balanced_l1_loss
+from ..config import require_libra_config, split_balanced_l1, validate_balanced_l1_args
+from .losses import dense_balanced_l1_loss
 from .matcher import ReferenceMatcher
 
 __all__ = ["LibraRetinaNet"]
@@ -34,12 +37,11 @@ class LibraRetinaNet(RetinaNet):
     """
 
     @configurable
-    def __init__(self, *args, balanced_l1=None, clip_before_nms=False, trainer_only_settings=(), **kwargs):
+    def __init__(self, *args, balanced_l1=None, clip_before_nms=False, **kwargs):
         validate_balanced_l1_args("LibraRetinaNet", "balanced_l1", balanced_l1, "RETINANET_BALANCED_L1")
         super().__init__(*args, **kwargs)
         self.balanced_l1 = balanced_l1
         self.clip_before_nms = bool(clip_before_nms)
-        guard_trainer_only_settings(self, list(trainer_only_settings))
 
     @classmethod
     def from_config(cls, cfg):
@@ -47,7 +49,6 @@ class LibraRetinaNet(RetinaNet):
         parent_cfg, params = split_balanced_l1(cfg, "RETINANET", "RETINANET_BALANCED_L1")
         ret = super().from_config(parent_cfg)
         ret["balanced_l1"] = params
-        ret["trainer_only_settings"] = trainer_only_settings(cfg)
         ret["clip_before_nms"] = cfg.MODEL.LIBRA.RETINANET_CLIP_BEFORE_NMS
         if cfg.MODEL.LIBRA.REFERENCE_MATCHER:
             ret["anchor_matcher"] = ReferenceMatcher(
@@ -68,15 +69,21 @@ class LibraRetinaNet(RetinaNet):
         return pred
 
     def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes):
-        losses = super().losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
+        """detectron2's RetinaNet losses; with Balanced L1, the focal loss as detectron2 computes
+        it and Balanced L1 on the foreground anchors' deltas, both divided by detectron2's moving
+        average of the foreground count."""
         if self.balanced_l1 is None:
-            return losses
-        normalizer = self.loss_normalizer  # updated by the parent call for this batch
-        labels = torch.stack(gt_labels)
-        pos_mask = (labels >= 0) & (labels != self.num_classes)
-        anchors = type(anchors[0]).cat(anchors).tensor
-        gt_deltas = torch.stack([self.box2box_transform.get_deltas(anchors, g) for g in gt_boxes])
-        pred = torch.cat(pred_anchor_deltas, dim=1)
-        loss = balanced_l1_loss(pred[pos_mask], gt_deltas[pos_mask], reduction="sum", **self.balanced_l1)
-        losses["loss_box_reg"] = loss / normalizer
-        return losses
+            return super().losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
+        num_images = len(gt_labels)
+        labels = torch.stack(gt_labels)  # (N, R)
+        valid_mask = labels >= 0
+        pos_mask = valid_mask & (labels != self.num_classes)
+        num_pos_anchors = pos_mask.sum().item()
+        get_event_storage().put_scalar("num_pos_anchors", num_pos_anchors / num_images)
+        normalizer = self._ema_update("loss_normalizer", max(num_pos_anchors, 1), 100)
+        target = F.one_hot(labels[valid_mask], num_classes=self.num_classes + 1)[:, :-1]  # background: no class
+        loss_cls = sigmoid_focal_loss_jit(cat(pred_logits, dim=1)[valid_mask], target.to(pred_logits[0].dtype),
+                                          alpha=self.focal_loss_alpha, gamma=self.focal_loss_gamma, reduction="sum")
+        loss_box = dense_balanced_l1_loss(anchors, self.box2box_transform, pred_anchor_deltas, gt_boxes, pos_mask,
+                                          **self.balanced_l1)
+        return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box / normalizer}

@@ -3,7 +3,7 @@ import math
 
 import torch
 
-__all__ = ["balanced_l1_loss"]
+__all__ = ["balanced_l1_loss", "dense_balanced_l1_loss"]
 
 
 def balanced_l1_loss(
@@ -47,3 +47,16 @@ def balanced_l1_loss(
     if reduction == "mean":
         return loss.mean() if loss.numel() > 0 else loss.sum() * 0.0
     return loss
+
+
+def dense_balanced_l1_loss(anchors, box2box_transform, pred_anchor_deltas, gt_boxes, fg_mask, alpha, gamma, beta):
+    """Balanced L1 on the anchor deltas of a dense head (RPN, RetinaNet), summed over the
+    foreground anchors: the Balanced L1 counterpart of detectron2's dense box-regression loss.
+
+    ``anchors``: list over levels of ``Boxes``; ``pred_anchor_deltas``: list over levels of
+    ``(N, Hi*Wi*A, 4)``; ``gt_boxes``: list over images of ``(R, 4)`` matched boxes;
+    ``fg_mask``: ``(N, R)`` bool. Returns a scalar (sum, not normalised)."""
+    anchors = type(anchors[0]).cat(anchors).tensor
+    gt_deltas = torch.stack([box2box_transform.get_deltas(anchors, g) for g in gt_boxes])
+    pred = torch.cat(pred_anchor_deltas, dim=1)
+    return balanced_l1_loss(pred[fg_mask], gt_deltas[fg_mask], alpha=alpha, gamma=gamma, beta=beta, reduction="sum")

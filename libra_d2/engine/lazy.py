@@ -22,49 +22,18 @@ translates the LazyConfig layout into it.
 
 Config layout: detectron2's (``model``, ``dataloader.{train,test,evaluator}``,
 ``optimizer``, ``lr_multiplier``, ``train``), plus optional ``train.seed`` (base seed; < 0:
-random) and ``train.exact_resume`` (default True). :func:`clipped_optimizer` gives lazy
-configs the yacs ``SOLVER.CLIP_GRADIENTS``.
+random) and ``train.exact_resume`` (default True). The optimizer is the yacs path's
+(:func:`libra_d2.engine.optimizer.clipped_optimizer`, the yacs ``SOLVER.CLIP_GRADIENTS``).
+``do_train``, ``do_test`` and ``main_lazy`` follow detectron2's ``tools/lazyconfig_train_net.py``.
 """
 import logging
-import os
 import weakref
 
 from detectron2.utils import comm
 
-__all__ = ["d2_config", "clipped_optimizer", "setup_lazy", "main_lazy", "do_train", "do_test"]
+__all__ = ["setup_lazy", "main_lazy", "do_train", "do_test"]
 
 logger = logging.getLogger("libra_d2")
-
-
-def d2_config(relpath: str):
-    """detectron2's packaged LazyConfig ``relpath`` (e.g. ``"common/models/mask_rcnn_fpn.py"``),
-    as ``detectron2.model_zoo.get_config`` returns it, without importing
-    ``detectron2.model_zoo`` (on detectron2 main it imports ``pkg_resources``, which current
-    setuptools no longer ships)."""
-    import importlib.util
-
-    from detectron2.config import LazyConfig
-
-    root = importlib.util.find_spec("detectron2").submodule_search_locations[0]
-    path = os.path.join(root, "model_zoo", "configs", relpath)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{relpath} is not among this detectron2's packaged configs ({os.path.dirname(path)})")
-    return LazyConfig.load(path)
-
-
-def clipped_optimizer(optimizer, params, clip_value=None, clip_type="norm", norm_type=2.0, **kwargs):
-    """``optimizer(params, **kwargs)`` with detectron2's gradient clipping (the yacs
-    ``SOLVER.CLIP_GRADIENTS``: ``clip_type`` "value" or "norm" (per parameter), ``clip_value``;
-    None: no clipping). For LazyCall: ``L(clipped_optimizer)(optimizer=torch.optim.AdamW,
-    params=L(get_default_optimizer_params)(), lr=1e-3, weight_decay=0.05, clip_value=5.0)``."""
-    if clip_value is None:
-        return optimizer(params, **kwargs)
-    from detectron2.config import CfgNode as CN
-    from detectron2.solver.build import maybe_add_gradient_clipping
-
-    cfg = CN({"SOLVER": {"CLIP_GRADIENTS": {"ENABLED": True, "CLIP_TYPE": clip_type, "CLIP_VALUE": float(clip_value),
-                                            "NORM_TYPE": float(norm_type)}}})
-    return maybe_add_gradient_clipping(cfg, optimizer)(params, **kwargs)
 
 
 def do_test(cfg, model):
@@ -75,7 +44,7 @@ def do_test(cfg, model):
     from detectron2.config import instantiate
     from detectron2.evaluation import inference_on_dataset, print_csv_format
 
-    from .engine.results import coco_evaluator_kwargs
+    from .results import coco_evaluator_kwargs
 
     if cfg.dataloader.get("evaluator") is None or cfg.dataloader.get("test") is None:
         return {}
@@ -102,16 +71,12 @@ def do_train(args, cfg):
     from detectron2.engine import AMPTrainer, SimpleTrainer, hooks
     from detectron2.engine.defaults import default_writers
 
-    from .engine import (
-        AtomicDetectionCheckpointer,
-        IterationSeedHook,
-        build_loader,
-        continue_stream_at,
-        create_ddp_model,
-        resolve_base_seed,
-        stream_from_lazy,
-    )
-    from .engine.cpu_amp import cpu_autocast_trainer
+    from .checkpoint import AtomicDetectionCheckpointer
+    from .cpu_amp import cpu_autocast_trainer
+    from .distributed import create_ddp_model
+    from .resume import resume_stream
+    from .seeding import IterationSeedHook, resolve_base_seed
+    from .stream import build_loader, stream_from_lazy
 
     model = instantiate(cfg.model)
     model.to(cfg.train.device)
@@ -147,15 +112,16 @@ def do_train(args, cfg):
     ])
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
     start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
-    if start_iter and exact:  # continue the training stream at the checkpoint's position
-        continue_stream_at(trainer, build_loader(stream, seed_hook.base_seed, start_iter))
+    if exact:  # continue the training stream at the checkpoint's position
+        resume_stream(trainer, start_iter, lambda it: build_loader(stream, seed_hook.base_seed, it))
     trainer.train(start_iter, cfg.train.max_iter)
     return final.get("results", {})
 
 
 def setup_lazy(args):
-    """Load ``args.config_file`` (a LazyConfig .py/.yaml), apply ``key=value`` overrides,
-    check the libra-d2 parts by instantiating nothing yet, and run detectron2's default_setup."""
+    """Load ``args.config_file`` (a LazyConfig .py/.yaml), apply ``key=value`` overrides and
+    run detectron2's ``default_setup`` (the libra-d2 components check their own arguments when
+    ``instantiate`` builds them)."""
     from detectron2.config import LazyConfig
     from detectron2.engine import default_setup
 
@@ -169,7 +135,7 @@ def main_lazy(args):
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import instantiate
 
-    from .engine import write_results
+    from .results import write_results
 
     cfg = setup_lazy(args)
     if args.eval_only:

@@ -1,12 +1,14 @@
 """LibraRPN: detectron2's RPN with a per-image negative cap and optional Balanced L1."""
 import torch
+import torch.nn.functional as F
 from detectron2.config import configurable
+from detectron2.layers import cat
 from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY
 from detectron2.modeling.proposal_generator.rpn import RPN
+from detectron2.utils.events import get_event_storage
 
-from .config import check_neg_pos_ub, require_libra_config, split_balanced_l1, validate_balanced_l1_args
-from .engine.trainer_keys import guard_trainer_only_settings, trainer_only_settings
-from .losses import balanced_l1_loss
+from ..config import check_neg_pos_ub, require_libra_config, split_balanced_l1, validate_balanced_l1_args
+from .losses import dense_balanced_l1_loss
 from .matcher import ReferenceMatcher
 from .sampling import random_subset_mask
 
@@ -43,20 +45,19 @@ class LibraRPN(RPN):
       normaliser under the cap would shrink the RPN's gradient by up to 256/5 on images
       with few positive anchors.)
     * ``MODEL.LIBRA.REFERENCE_MATCHER``: the reference's low-quality matching rule
-      (:class:`~libra_d2.matcher.ReferenceMatcher`, minimum IoU ``MODEL.LIBRA.RPN_MIN_POS_IOU``).
+      (:class:`~libra_d2.modeling.matcher.ReferenceMatcher`, minimum IoU ``MODEL.LIBRA.RPN_MIN_POS_IOU``).
     * ``MODEL.RPN.BBOX_REG_LOSS_TYPE: balanced_l1``: Balanced L1 on the anchor deltas with
       ``MODEL.LIBRA.RPN_BALANCED_L1``, under the same normaliser, scaled by its loss weight.
     """
 
     @configurable
-    def __init__(self, *args, neg_pos_ub: float = -1.0, balanced_l1=None, trainer_only_settings=(), **kwargs):
+    def __init__(self, *args, neg_pos_ub: float = -1.0, balanced_l1=None, **kwargs):
         key = "LibraRPN(neg_pos_ub=...) [config key MODEL.LIBRA.RPN_NEG_POS_UB]"
         check_neg_pos_ub(key, neg_pos_ub)
         validate_balanced_l1_args("LibraRPN", "balanced_l1", balanced_l1, "RPN_BALANCED_L1")
         super().__init__(*args, **kwargs)
         self.neg_pos_ub = float(neg_pos_ub)
         self.balanced_l1 = balanced_l1  # None or dict(alpha, gamma, beta)
-        guard_trainer_only_settings(self, list(trainer_only_settings))
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -68,7 +69,6 @@ class LibraRPN(RPN):
             ret["anchor_matcher"] = ReferenceMatcher(cfg.MODEL.RPN.IOU_THRESHOLDS, cfg.MODEL.RPN.IOU_LABELS,
                                                      min_low_quality_iou=cfg.MODEL.LIBRA.RPN_MIN_POS_IOU)
         ret["balanced_l1"] = params
-        ret["trainer_only_settings"] = trainer_only_settings(cfg)
         return ret
 
     def _subsample_labels(self, label):
@@ -85,18 +85,36 @@ class LibraRPN(RPN):
         return float(max(1, sum(int((g >= 0).sum()) for g in gt_labels)))
 
     def losses(self, anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes):
-        losses = super().losses(anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes)
+        """detectron2's two RPN losses (with Balanced L1 as the box loss when configured), each
+        computed once, divided by :meth:`loss_normalizer` and scaled by its loss weight."""
         fixed = float(self.batch_size_per_image * len(gt_labels))  # detectron2's divisor
         normalizer = self.loss_normalizer(gt_labels)
-        if normalizer != fixed:
-            losses = {k: v * (fixed / normalizer) for k, v in losses.items()}
         if self.balanced_l1 is None:
-            return losses
-        pos_mask = torch.stack(gt_labels) == 1
-        anchors = type(anchors[0]).cat(anchors).tensor
-        gt_deltas = torch.stack([self.box2box_transform.get_deltas(anchors, g) for g in gt_boxes])
-        pred = torch.cat(pred_anchor_deltas, dim=1)
-        loc = balanced_l1_loss(pred[pos_mask], gt_deltas[pos_mask], reduction="sum", **self.balanced_l1)
-        weight = getattr(self, "loss_weight", {}).get("loss_rpn_loc", 1.0)
-        losses["loss_rpn_loc"] = loc / normalizer * weight
+            losses = super().losses(anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes)
+        else:
+            losses = self._balanced_l1_losses(anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas,
+                                              gt_boxes, fixed, normalizer)
+        if normalizer != fixed:
+            losses["loss_rpn_cls"] = losses["loss_rpn_cls"] * (fixed / normalizer)
+            if self.balanced_l1 is None:
+                losses["loss_rpn_loc"] = losses["loss_rpn_loc"] * (fixed / normalizer)
         return losses
+
+    def _balanced_l1_losses(self, anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes, fixed,
+                            normalizer):
+        """The objectness loss as detectron2's RPN computes it (divided by the fixed divisor,
+        rescaled by the caller) and Balanced L1 on the positive anchors' deltas."""
+        num_images = len(gt_labels)
+        labels = torch.stack(gt_labels)
+        pos_mask = labels == 1
+        storage = get_event_storage()
+        storage.put_scalar("rpn/num_pos_anchors", pos_mask.sum().item() / num_images)
+        storage.put_scalar("rpn/num_neg_anchors", (labels == 0).sum().item() / num_images)
+        valid = labels >= 0
+        objectness = F.binary_cross_entropy_with_logits(
+            cat(pred_objectness_logits, dim=1)[valid], labels[valid].to(torch.float32), reduction="sum")
+        loc = dense_balanced_l1_loss(anchors, self.box2box_transform, pred_anchor_deltas, gt_boxes, pos_mask,
+                                     **self.balanced_l1)
+        weight = getattr(self, "loss_weight", {})
+        return {"loss_rpn_cls": objectness / fixed * weight.get("loss_rpn_cls", 1.0),
+                "loss_rpn_loc": loc / normalizer * weight.get("loss_rpn_loc", 1.0)}

@@ -1,6 +1,6 @@
-"""Adaptive max pooling from gathers, for ONNX export with dynamic sizes (the exporter's
-adaptive pooling needs a constant output size). Used by :class:`~libra_d2.bfp.BFP` only
-while ``torch.onnx`` is exporting."""
+"""Adaptive max pooling from gathers, for export with dynamic sizes (torch's adaptive pooling
+specialises an exported graph to the traced output size). Used by
+:class:`~libra_d2.modeling.bfp.BFP` only while ``torch.onnx`` or ``torch.export`` is exporting."""
 import torch
 
 __all__ = ["adaptive_max_pool2d_gather", "onnx_exporting"]

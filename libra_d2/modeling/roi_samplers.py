@@ -37,7 +37,7 @@ from .sampling import (
 __all__ = ["ROI_SAMPLER_REGISTRY", "SamplingContext", "registered_samplers", "get_roi_sampler", "sampler_needs_losses"]
 
 ROI_SAMPLER_REGISTRY = Registry("ROI_SAMPLER")
-ROI_SAMPLER_REGISTRY.__doc__ = """RoI samplers by name: ``fn(ctx, candidates, num) -> bool mask`` (see libra_d2.roi_samplers)."""
+ROI_SAMPLER_REGISTRY.__doc__ = """RoI samplers by name: ``fn(ctx, candidates, num) -> bool mask`` (see libra_d2.modeling.roi_samplers)."""
 
 ROLES = ("positive", "negative")
 

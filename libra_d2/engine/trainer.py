@@ -3,8 +3,9 @@
 What it adds to DefaultTrainer (same hooks, writers, evaluation):
 
 * **Exact ``--resume``** (detectron2 0.6 and main alike). The checkpoint holds the model,
-  the optimizer and the LR scheduler (both detectron2 versions installed here save them
-  through the trainer state; libra-d2 checks that they are registered), the iteration and
+  the optimizer and the LR scheduler (detectron2 0.6 and main save both in the trainer's
+  state: the optimizer through ``SimpleTrainer``, the scheduler through its ``LRScheduler``
+  hook), the iteration and
   the run's base seed. The training stream is addressed by position
   (:mod:`libra_d2.engine.samplers`): batch k is a pure function of (seed, k), with
   detectron2's aspect-ratio grouping, repeat-factor, weighted and random-subset sampling
@@ -32,25 +33,20 @@ import logging
 import os
 import weakref
 
-import torch
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 
-from .config import validate_libra_config
-from .engine import (
-    AtomicDetectionCheckpointer,
-    IterationSeedHook,
-    build_loader,
-    coco_evaluator,
-    continue_stream_at,
-    resolve_base_seed,
-    stream_from_yacs,
-)
-from .engine.cpu_amp import cpu_autocast_trainer
-from .engine.distributed import ddp_for_cpu_models
-from .engine.trainer_keys import release_trainer_guards
+from ..config import validate_libra_config
+from .checkpoint import AtomicDetectionCheckpointer
+from .cpu_amp import cpu_autocast_trainer
+from .distributed import ddp_for_cpu_models
+from .optimizer import optimizer_from_yacs
+from .results import coco_evaluator
+from .resume import resume_stream
+from .seeding import IterationSeedHook, resolve_base_seed
+from .stream import build_loader, stream_from_yacs
 
-__all__ = ["LibraTrainer", "AtomicDetectionCheckpointer"]
+__all__ = ["LibraTrainer"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +54,8 @@ logger = logging.getLogger(__name__)
 class LibraTrainer(DefaultTrainer):
     """DefaultTrainer + COCOEvaluator + exact resume, atomic checkpoints and data checks.
 
+    The keys only it honours come from :func:`~libra_d2.config.add_libra_trainer_config`
+    (where the config lacks them: SGD, no fused kernel, exact resume).
     Multi-process training on CPU (gloo, detectron2 main's launch) works too: the model is
     wrapped in DDP without GPU device ids."""
 
@@ -70,11 +68,9 @@ class LibraTrainer(DefaultTrainer):
     @classmethod
     def build_model(cls, cfg):
         """DefaultTrainer's model, after the whole config passed
-        :func:`~libra_d2.config.validate_libra_config`; ``SOLVER.OPTIMIZER`` /
-        ``FUSED_OPTIMIZER`` are honoured here, so the components' guard against trainers that
-        ignore them is released."""
+        :func:`~libra_d2.config.validate_libra_config`."""
         validate_libra_config(cfg)
-        return release_trainer_guards(super().build_model(cfg))
+        return super().build_model(cfg)
 
     # ----------------------------------------------------------------- data
     def _exact_loader(self, cfg, start_iter=0):
@@ -85,7 +81,7 @@ class LibraTrainer(DefaultTrainer):
         return bool(cfg.DATALOADER.get("EXACT_RESUME", True))
 
     def build_train_loader(self, cfg):
-        if isinstance(self, LibraTrainer) and self._use_exact_loader(cfg):
+        if self._use_exact_loader(cfg):
             return self._exact_loader(cfg)
         return build_detection_train_loader(cfg)
 
@@ -99,24 +95,8 @@ class LibraTrainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg, model):
         """detectron2's SGD, or AdamW when ``SOLVER.OPTIMIZER`` says so (same parameter groups
-        and gradient clipping)."""
-        release_trainer_guards(model)  # the optimizer below honours SOLVER.OPTIMIZER / FUSED_OPTIMIZER
-        if cfg.SOLVER.get("OPTIMIZER", "SGD") == "SGD":
-            return super().build_optimizer(cfg, model)
-        from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
-
-        params = get_default_optimizer_params(
-            model,
-            base_lr=cfg.SOLVER.BASE_LR,
-            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
-            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-        )
-        # SOLVER.FUSED_OPTIMIZER: torch's fused AdamW kernel; without it, torch's default choice
-        extra = {"fused": True} if cfg.SOLVER.get("FUSED_OPTIMIZER", False) else {}
-        return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
-            params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, **extra
-        )
+        and gradient clipping): :func:`~libra_d2.engine.optimizer.optimizer_from_yacs`."""
+        return optimizer_from_yacs(cfg, model)
 
     # ----------------------------------------------------------- checkpoints
     def build_hooks(self):
@@ -130,24 +110,8 @@ class LibraTrainer(DefaultTrainer):
         hooks = super().build_hooks()
         return [self._seed_hook] + hooks
 
-    def state_dict(self):
-        ret = super().state_dict()
-        inner = ret.get("_trainer", {})
-        if "optimizer" not in inner:  # not saved by this detectron2 version: add it here
-            ret["libra_optimizer"] = self.optimizer.state_dict()
-        if not any("LRScheduler" in k for k in ret.get("hooks", {})):
-            ret["libra_scheduler"] = self.scheduler.state_dict()
-        return ret
-
-    def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        if "libra_optimizer" in state_dict:
-            self.optimizer.load_state_dict(state_dict["libra_optimizer"])
-        if "libra_scheduler" in state_dict:
-            self.scheduler.load_state_dict(state_dict["libra_scheduler"])
-
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)
-        if resume and self.start_iter > 0 and self._use_exact_loader(self.cfg):
-            continue_stream_at(self._trainer, self._exact_loader(self.cfg, start_iter=self.start_iter))
-            logger.info("Resumed at iteration %d; the training stream continues at that position", self.start_iter)
+        if resume and self._use_exact_loader(self.cfg):
+            if resume_stream(self._trainer, self.start_iter, lambda it: self._exact_loader(self.cfg, start_iter=it)):
+                logger.info("Resumed at iteration %d; the training stream continues at that position", self.start_iter)

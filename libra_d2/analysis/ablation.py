@@ -15,6 +15,7 @@ import statistics
 __all__ = [
     "METRICS", "AR_METRICS", "METRICS_BY_TASK", "primary_task", "Variant", "PRESETS", "preset_plan", "t_quantile", "summarize_metric",
     "VARIANT_PRESETS", "PRESET_NAMES", "paired_difference", "verdict", "build_report", "report_markdown", "run_status",
+    "pairing", "identity_equivalence",
 ]
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -72,7 +73,7 @@ PRESETS = {
                         "configs/COCO-Detection/libra_retinanet_R_50_FPN_1x.yaml", _RETINA_SWITCHES)],
 }
 PRESETS["builtin"] = PRESETS["builtin-rcnn"] + PRESETS["builtin-retinanet"]
-# Other heads on the built-in data (#15): each Libra model against its plain twin. The Fast
+# Other heads on the built-in data: each Libra model against its plain twin. The Fast
 # R-CNN pair reads the proposal files its configs name (tools/dump_proposals.py writes them).
 PRESETS["builtin-cascade"] = [("cascade_", "configs/builtin/cascade_rcnn_R_18_FPN_cpu.yaml",
                                "configs/builtin/libra_cascade_rcnn_R_18_FPN_cpu.yaml", {})]
@@ -196,19 +197,87 @@ def load_metrics_by_task(output_dir):
             for t, v in sorted(res.items()) if isinstance(v, dict)}
 
 
-def build_report(runs, baseline, confidence=0.95, task="bbox"):
+# --------------------------------------------------------------------------- pairing rule
+def _processor_class(run):
+    from ..utils.provenance import processor_class
+
+    return processor_class((run.get("provenance") or {}).get("processor"))
+
+
+def _commit(run):
+    c = (run.get("provenance") or {}).get("commit") or run.get("commit")
+    return None if not c or c == "unknown" else str(c).split("+")[0]
+
+
+def _clean(run):
+    prov = run.get("provenance") or {}
+    return prov.get("clean", not str(run.get("commit", "")).endswith("+dirty"))
+
+
+def identity_equivalence(records):
+    """From seeded-identity records (``docs/seeded_identity.json``: each with ``provenance``,
+    ``hashes`` by run name and ``runs[name]["covers"]``: the ``[config, opts]`` of the
+    configurations a hash stands for), a function ``(commit_a, commit_b, processor_class,
+    config, opts) -> bool``: True when both commits have a record on that processor class
+    whose hash for a run covering that configuration is the same."""
+    from ..utils.provenance import processor_class
+
+    table = {}  # (commit, processor class, config, opts) -> set of hashes
+    for rec in records or []:
+        prov = rec.get("provenance") or {}
+        commit = str(prov.get("commit") or "").split("+")[0]
+        if not commit or commit == "unknown" or prov.get("clean") is False:
+            continue
+        pc = processor_class(prov.get("processor"))
+        for name, h in (rec.get("hashes") or {}).items():
+            for config, opts in (rec.get("runs", {}).get(name, {}).get("covers") or []):
+                table.setdefault((commit, pc, config, tuple(opts)), set()).add(h)
+
+    def equivalent(a, b, pc, config, opts):
+        ha = table.get((a, pc, config, tuple(opts)))
+        hb = table.get((b, pc, config, tuple(opts)))
+        return bool(ha and hb and ha & hb)
+
+    return equivalent
+
+
+def pairing(run, base, equivalent=None):
+    """Whether two runs of one seed may be paired: one processor class, and one clean commit
+    or two commits that ``equivalent`` (:func:`identity_equivalence`) proves equivalent for
+    both runs' configurations. Returns ``(True, None)`` or ``(False, reason)``."""
+    pa, pb = _processor_class(run), _processor_class(base)
+    if pa is None or pb is None:
+        return False, "processor not recorded"
+    if pa != pb:
+        return False, f"different processors ({pa[0]} {pa[1]} vs {pb[0]} {pb[1]})"
+    ca, cb = _commit(run), _commit(base)
+    if ca is None or cb is None:
+        return False, "commit not recorded"
+    if not (_clean(run) and _clean(base)):
+        return False, "a run's tree differed from its commit"
+    if ca == cb:
+        return True, None
+    if equivalent is not None and all(equivalent(ca, cb, pa, r["config_file"], r.get("opts", [])) for r in (run, base)):
+        return True, None
+    return False, f"commits {ca[:7]} and {cb[:7]} not proven equivalent for these configurations"
+
+
+def build_report(runs, baseline, confidence=0.95, task="bbox", equivalent=None, require_provenance=True):
     """``runs``: list of dicts with at least name, seed, metrics (dict or None).
     ``baseline``: the name every other variant is compared with, or a dict variant name ->
     its baseline's name (None for baselines themselves).
 
     Returns ``{"configs": {name: {metric: summary}}, "differences": {name: {metric: diff +
-    verdict, "baseline": name}}, "baseline": baseline, "task": task, "metrics": [...]}``;
-    differences are paired by seed; the metrics are ``METRICS_BY_TASK[task]``."""
+    verdict, "baseline": name, "unpaired": {seed: reason}}}, "baseline": baseline, "task": task,
+    "metrics": [...]}``; differences are paired by seed, and only where :func:`pairing` allows
+    (``require_provenance=False``: every seed pairs, for runs made outside the tools); the
+    metrics are ``METRICS_BY_TASK[task]``."""
     metrics = METRICS_BY_TASK.get(task, METRICS)
-    by_name = {}
+    by_name, records = {}, {}
     for r in runs:
         if r.get("metrics"):
             by_name.setdefault(r["name"], {})[r["seed"]] = r["metrics"]
+            records[(r["name"], r["seed"])] = r
     configs, diffs = {}, {}
     for name, per_seed in by_name.items():
         configs[name] = {m: summarize_metric([v.get(m) for v in per_seed.values()]) for m in metrics}
@@ -217,8 +286,15 @@ def build_report(runs, baseline, confidence=0.95, task="bbox"):
         ref = baseline.get(name) if isinstance(baseline, dict) else (None if name == baseline else baseline)
         if ref is None:
             continue
-        base = by_name.get(ref, {})
-        diffs[name] = {"baseline": ref}
+        base = dict(by_name.get(ref, {}))
+        unpaired = {}
+        if require_provenance:
+            for seed in sorted(set(per_seed) & set(base)):
+                ok, why = pairing(records[(name, seed)], records[(ref, seed)], equivalent)
+                if not ok:
+                    unpaired[seed] = why
+                    base.pop(seed)
+        diffs[name] = {"baseline": ref, "unpaired": unpaired}
         for m in metrics:
             d = paired_difference({s: v.get(m) for s, v in per_seed.items()}, {s: v.get(m) for s, v in base.items()},
                                   confidence)
@@ -258,4 +334,9 @@ def report_markdown(report, title="Ablation", task=None):
             return "n/a" if d[m]["mean"] is None else f"{d[m]['mean']:+.2f}"
 
         lines.append(f"| {name} | {d['baseline']} | {ap['n']} | {mean(m0)} | {ci} | {mean(m1)} | {mean(m2)} | {ap['verdict']} |")
+    notes = [f"- {name} vs {d['baseline']}, seed {seed}: not paired ({why})"
+             for name, d in report["differences"].items() for seed, why in (d.get("unpaired") or {}).items()]
+    if notes:
+        lines += ["", "Seeds left unpaired (pairs form only within one processor class and one commit, or commits "
+                  "proven equivalent by seeded-identity hashes):", ""] + notes
     return "\n".join(lines) + "\n"
