@@ -185,3 +185,70 @@ def test_demo_trains_in_bfloat16_only_on_a_native_cpu_unless_told(monkeypatch):
     assert native_bf16_opts(["SOLVER.AMP.ENABLED", "False"], "cpu") == []
     monkeypatch.setenv("LIBRA_CPU_BF16", "0")
     assert native_bf16_opts([], "cpu") == []
+
+
+class _Toy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(3))
+
+    def forward(self, data):
+        return {"loss": (self.w * data).sum()}
+
+
+def _amp_trainer(**kwargs):
+    from detectron2.engine import AMPTrainer
+
+    from libra_d2.engine.cpu_amp import cpu_autocast_trainer
+
+    model = _Toy()
+    data = iter([torch.ones(3)] * 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    return cpu_autocast_trainer(AMPTrainer(model, data, opt, **kwargs))
+
+
+def test_cpu_amp_step_runs_the_hooks_after_backward_with_the_gradients():
+    """AMPTrainer's step contract under CPU autocast: where detectron2's trainer has
+    ``after_backward`` (main), every hook's runs between backward and the optimizer step."""
+    from detectron2.engine import HookBase
+    from detectron2.utils.events import EventStorage
+
+    trainer = _amp_trainer()
+    if not hasattr(trainer, "after_backward"):
+        pytest.skip("this detectron2's trainer has no after_backward hooks (0.6)")
+    seen = []
+
+    class Probe(HookBase):
+        def after_backward(self):
+            seen.append(self.trainer.model.w.grad.clone())
+
+    trainer.register_hooks([Probe()])
+    with EventStorage(0) as trainer.storage:
+        trainer.iter = 0
+        trainer.run_step()
+    assert len(seen) == 1 and torch.equal(seen[0], torch.ones(3))
+    assert torch.allclose(trainer.model.w.detach(), torch.full((3,), 0.9))  # then the step
+
+
+def test_cpu_amp_step_zeroes_gradients_before_the_forward_when_asked():
+    import inspect
+
+    from detectron2.engine import AMPTrainer
+    from detectron2.utils.events import EventStorage
+
+    if "zero_grad_before_forward" not in inspect.signature(AMPTrainer.__init__).parameters:
+        pytest.skip("this detectron2's AMPTrainer has no zero_grad_before_forward (0.6)")
+    calls = []
+    trainer = _amp_trainer(zero_grad_before_forward=True)
+    forward = trainer.model.forward
+
+    def spy(data):
+        calls.append(("forward", trainer.model.w.grad is None or bool((trainer.model.w.grad == 0).all())))
+        return forward(data)
+
+    trainer.model.forward = spy
+    trainer.model.w.grad = torch.full((3,), 5.0)  # stale gradients from elsewhere
+    with EventStorage(0) as trainer.storage:
+        trainer.iter = 0
+        trainer.run_step()
+    assert calls == [("forward", True)]  # zeroed before the forward pass

@@ -59,16 +59,12 @@ def test_two_processes_match_one_process_with_the_same_total_batch(shapes_root, 
 def initial_weights(shapes_root):
     """The weights the trainer starts from: detectron2's default_setup seeds every RNG with SEED
     (+ rank; DDP then broadcasts rank 0's), and building the model is the first draw."""
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
     from detectron2.utils.env import seed_all_rng
 
-    import libra_d2
+    from libra_d2.config import get_libra_cfg
 
-    cfg = get_cfg()
-    libra_d2.add_libra_config(cfg)
-    cfg.merge_from_file(CONFIG)
-    cfg.merge_from_list(TINY + SAME_GRADIENTS)
+    cfg = get_libra_cfg(CONFIG, TINY + SAME_GRADIENTS)
     seed_all_rng(cfg.SEED)
     return build_model(cfg).state_dict()
 

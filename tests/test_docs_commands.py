@@ -51,13 +51,9 @@ def help_text(script):
 
 @functools.lru_cache(maxsize=None)
 def yacs_keys(config_file):
-    from detectron2.config import get_cfg
+    from libra_d2.config import get_libra_cfg
 
-    import libra_d2
-
-    cfg = get_cfg()
-    libra_d2.add_libra_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, config_file))
+    cfg = get_libra_cfg(os.path.join(ROOT, config_file))
     return cfg
 
 

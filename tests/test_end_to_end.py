@@ -18,19 +18,15 @@ def batch_loss(shapes_root, cfg_path, weights):
     import numpy as np
     import torch
     from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import get_cfg
     from detectron2.data import DatasetCatalog, DatasetMapper
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
 
-    import libra_d2
+    from libra_d2.config import get_libra_cfg
     from libra_d2.data import register_libra_shapes
 
     register_libra_shapes(shapes_root)
-    cfg = get_cfg()
-    libra_d2.add_libra_config(cfg)
-    cfg.merge_from_file(cfg_path)
-    cfg.merge_from_list(TINY)
+    cfg = get_libra_cfg(cfg_path, TINY)
     torch.manual_seed(0)
     model = build_model(cfg)
     if weights:

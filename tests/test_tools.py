@@ -87,13 +87,10 @@ def test_convert_reference_checkpoint(libra_cfg, tmp_path, arch, config):
     assert len(converted) + sum(k.endswith("num_batches_tracked") for k in sd) == len(sd)  # every key consumed
 
     from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import get_cfg
 
-    import libra_d2
+    from libra_d2.config import get_libra_cfg
 
-    cfg = get_cfg()
-    libra_d2.add_libra_config(cfg)
-    cfg.merge_from_file(str(tmp_path / "out.yaml"))
+    cfg = get_libra_cfg(str(tmp_path / "out.yaml"))
     assert cfg.INPUT.FORMAT == "RGB" and cfg.MODEL.RESNETS.STRIDE_IN_1X1 is False
     model = build_model(cfg)
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
@@ -167,11 +164,10 @@ def test_converted_retinanet_follows_the_reference_neck_and_nms_order(libra_cfg,
     NMS and the top 100), compared with the converted libra-d2 RetinaNet."""
     import torch.nn.functional as F
     from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import get_cfg
     from detectron2.modeling.backbone.fpn import FPN
     from torchvision.ops import batched_nms
 
-    import libra_d2
+    from libra_d2.config import get_libra_cfg
     from tools.convert_mmdet_checkpoint import main as convert
 
     torch.manual_seed(0)
@@ -182,9 +178,7 @@ def test_converted_retinanet_follows_the_reference_neck_and_nms_order(libra_cfg,
     sd = reference_state_dict(src, "retinanet")
     torch.save({"state_dict": sd}, tmp_path / "ref.pth")
     convert(["--input", str(tmp_path / "ref.pth"), "--output", str(tmp_path / "out.pth")])
-    cfg = get_cfg()
-    libra_d2.add_libra_config(cfg)
-    cfg.merge_from_file(str(tmp_path / "out.yaml"))
+    cfg = get_libra_cfg(str(tmp_path / "out.yaml"))
     assert cfg.MODEL.LIBRA.P7_RELU is False and cfg.MODEL.LIBRA.RETINANET_CLIP_BEFORE_NMS is True
     model = build_model(cfg)
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
