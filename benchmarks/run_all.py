@@ -11,8 +11,11 @@ reported as a ratio of medians; the machine (CPU model, cores, torch) is recorde
   in (0, 0.5), 10% >= 0.5), one CPU thread. Targets >= 6 and >= 25.
 * sampler_growth_2k_to_100k: ours at 100k / ours at 2k. Target <= 75 (linear: 50).
 * train_iter_ratio / infer_ratio: Libra R-CNN R-50-FPN / Faster R-CNN R-50-FPN iteration
-  time, batch 2, short side 512, same inputs and weights, after warm-up. Targets <= 1.10.
-  The Libra side's time spent in sampling, BFP and the box loss is printed too.
+  time, batch 2, short side 512 (``--short 800``: COCO scale), same inputs and weights, after
+  warm-up. Targets <= 1.10. The Libra side's time spent in sampling, BFP and the box loss,
+  and images/s at inference (the reference's measure), are recorded too. On CUDA also
+  train_mem_ratio (peak memory of one training iteration, Libra / plain) and
+  train_iter_ratio_amp (the iteration under float16 autocast).
 * ohem_train_iter_ratio: Faster R-CNN R-50-FPN with OHEM (every proposal scored by the box
   head under no_grad before sampling) / with random sampling, one training iteration, same
   inputs and weights. Informational (no target).
@@ -62,6 +65,8 @@ TARGETS = {
     "sampler_growth_2k_to_100k": ("<=", 75.0),
     "train_iter_ratio": ("<=", 1.10),
     "infer_ratio": ("<=", 1.10),
+    "train_mem_ratio": ("<=", 1.10),
+    "train_iter_ratio_amp": ("<=", 1.10),
     "bfp_mem_growth_4x_pixels": ("<=", 5.0),
 }
 
@@ -250,9 +255,22 @@ def sgd_train_step(models, batch):
     return step
 
 
+SHORT = {"value": 512}  # --short: the detector pair's input short side (COCO: 800, long side 4/3)
+
+
+def _peak_mb(device, fn):
+    """Peak device memory (MiB) allocated while ``fn()`` runs once (CUDA only)."""
+    sync(device)
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    sync(device)
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
 def bench_detector(device, reps, rounds):
 
-    base, libra, batch = detector_pair(device)
+    base, libra, batch = detector_pair(device, short=SHORT["value"])
     timer = SectionTimer(device)
     timer.wrap_method(libra.roi_heads, "label_and_sample_proposals", "sampling")
     timer.wrap_method(libra.backbone.bfp, "forward", "bfp")
@@ -277,6 +295,24 @@ def bench_detector(device, reps, rounds):
         out[f"{mode}_iter_s_libra"] = tl
         for k, v in timer.total.items():
             out[f"{mode}_libra_{k}_ms_per_iter"] = v / (reps * rounds) * 1e3
+    out["infer_images_per_s_baseline"] = len(batch) / out["infer_iter_s_baseline"]
+    out["infer_images_per_s_libra"] = len(batch) / out["infer_iter_s_libra"]
+    out["input_hw"] = list(batch[0]["image"].shape[-2:])
+    if device.type == "cuda":  # training memory, and the iteration under float16 autocast (AMPTrainer's)
+        for m in (base, libra):
+            m.train()
+        mb = {m: _peak_mb(device, lambda m=m: train_step(m)) for m in (base, libra)}
+        out["train_peak_mb_baseline"], out["train_peak_mb_libra"] = mb[base], mb[libra]
+        out["train_mem_ratio"] = mb[libra] / mb[base]
+
+        def amp_step(m):
+            with torch.autocast("cuda", dtype=torch.float16):
+                train_step(m)
+
+        for m in (base, libra):
+            amp_step(m)  # warm-up
+        ratio, tl, tb, _ = paired_ratio(lambda: amp_step(libra), lambda: amp_step(base), device, rounds, reps)
+        out.update(train_iter_ratio_amp=ratio, train_iter_s_baseline_amp=tb, train_iter_s_libra_amp=tl)
     return out
 
 
@@ -526,6 +562,11 @@ def machine(device):
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device.type}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
+        try:
+            info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                            capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            info["driver"] = None
     return info
 
 
@@ -536,10 +577,14 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=5, help="rounds; a ratio is the median of the rounds' ratios")
     ap.add_argument("--only", default="sampler,detector,ohem,cpu_bf16,bfp_memory,export,grouping")
     ap.add_argument("--output", default=os.path.join(ROOT, "output/bench/results.json"))
+    ap.add_argument("--short", type=int, default=512, help="detector pair: input short side (COCO scale: 800)")
     ap.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
-    results = {"machine": machine(device)}
+    SHORT["value"] = args.short
+    from libra_d2.utils.provenance import provenance
+
+    results = {"machine": machine(device), "provenance": provenance()}
     benches = {"sampler": bench_sampler, "detector": bench_detector, "ohem": bench_ohem, "cpu_bf16": bench_cpu_bf16, "bfp_memory": bench_bfp_memory,
                "export": bench_export, "export_aoti": bench_export_aoti, "grouping": bench_grouping}
     for name in args.only.split(","):
@@ -559,7 +604,7 @@ def main(argv=None):
     print(f"| {'figure':<34} | {'value':>9} | {'target':>8} | ok  |")
     print(f"|{'-' * 36}|{'-' * 11}|{'-' * 10}|-----|")
     for k, v in results.items():
-        if k == "machine":
+        if k in ("machine", "provenance") or isinstance(v, (list, dict)):
             continue
         target = TARGETS.get(k)
         if isinstance(v, bool):

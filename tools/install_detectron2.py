@@ -17,6 +17,12 @@ missing, so a user's own ``DefaultTrainer`` evaluates instead of failing at the 
 
 GPU users should build detectron2 from source for their CUDA first; the set-up script
 keeps any importable detectron2 and never runs this file then.
+
+``--wheel-dir DIR`` builds a wheel instead of installing, for a machine without network
+(tools/gpu_prepare.sh): its requirements leave numpy and Pillow unpinned (Python 3.12 has
+no wheels of numpy < 1.24 or Pillow < 10), and the four names those releases removed are
+replaced by their equivalents where 0.6 uses them (``Image.LINEAR`` -> ``Image.BILINEAR``,
+its alias; ``np.bool`` / ``np.int`` / ``np.float`` -> ``bool`` / ``int`` / ``float``).
 """
 import argparse
 import hashlib
@@ -144,9 +150,33 @@ def fetch_sdist(dest_dir):
     return path
 
 
+NEWER_DEPS = [(r"Image\.LINEAR\b", "Image.BILINEAR"), (r"\bnp\.bool\b", "bool"), (r"\bnp\.int\b", "int"),
+              (r"\bnp\.float\b", "float")]
+
+
+def for_newer_deps(src):
+    """The wheel mode's source changes (see the module docstring); returns the files changed."""
+    changed = []
+    for folder, _, files in os.walk(os.path.join(src, "detectron2")):
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(folder, name)
+            text = open(path).read()
+            new = text
+            for pattern, repl in NEWER_DEPS:
+                new = re.sub(pattern, repl, new)
+            if new != text:
+                with open(path, "w") as f:
+                    f.write(new)
+                changed.append(os.path.relpath(path, src))
+    return changed
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--constraints", help="pip constraints file to respect")
+    ap.add_argument("--wheel-dir", help="build a wheel into this folder instead of installing (see above)")
     ap.add_argument("--workdir", default=None, help="where to keep the unpacked sources")
     args = ap.parse_args()
     workdir = args.workdir or tempfile.mkdtemp()
@@ -164,8 +194,18 @@ def main():
         f.write(PLACEHOLDER_C)
     with open(os.path.join(src, "detectron2", "evaluation", "fast_eval_api.py"), "a") as f:
         f.write(FAST_EVAL_FALLBACK)
+    requires = REQUIRES
+    if args.wheel_dir:
+        requires = [r for r in REQUIRES if not r.startswith(("numpy", "Pillow"))] + ["numpy", "Pillow"]
+        print("[setup]   for newer numpy / Pillow: " + ", ".join(for_newer_deps(src)))
     with open(os.path.join(src, "setup.py"), "w") as f:
-        f.write(SETUP_PY % (REQUIRES,))
+        f.write(SETUP_PY % (requires,))
+    if args.wheel_dir:
+        cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", "wheel", "--no-deps", "-w",
+               args.wheel_dir, src]
+        print("[setup]   " + " ".join(cmd))
+        subprocess.check_call(cmd)
+        return
     cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", "install", "--no-build-isolation"]
     if args.constraints:
         cmd += ["-c", args.constraints]
