@@ -28,7 +28,7 @@ ABLATION_OUT ?= output/ablation_builtin
 ABLATION_ARGS ?= --preset builtin --seeds 42 1 2 --jobs 2
 ABLATION_OPTS ?=
 
-.PHONY: setup demo test test-long lint bench ablation clean
+.PHONY: setup demo test test-long lint bench ablation gpu-prepare gpu-dry-run clean
 
 setup:
 	@bash tools/setup_env.sh
@@ -54,6 +54,14 @@ ablation: setup
 
 bench: setup
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
+
+# the GPU check (docs/compatibility.md): prepare the carried folder here (network), prove the
+# script on CPU in a throw-away environment from that folder alone
+gpu-prepare:
+	bash tools/gpu_prepare.sh gpu_carry
+
+gpu-dry-run:
+	bash tools/gpu_dry_run.sh
 
 clean:
 	rm -rf output build *.egg-info

@@ -10,7 +10,7 @@ of ``MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE``, ``MODEL.RPN.BBOX_REG_LOSS_TYPE`` a
 from detectron2.config import CfgNode as CN
 
 __all__ = [
-    "add_libra_config", "add_libra_trainer_config", "get_libra_cfg", "has_trainer_keys", "TRAINER_KEYS",
+    "add_libra_config", "add_libra_trainer_config", "get_libra_cfg", "has_trainer_keys", "has_key", "TRAINER_KEYS",
     "validate_libra_config", "require_libra_config", "split_balanced_l1", "LibraConfigError",
     "check_choice", "check_number", "check_neg_pos_ub", "validate_sampler_args", "validate_balanced_l1_args",
     "validate_refine_args", "validate_min_pos_iou", "REFINE_TYPES",
@@ -252,13 +252,14 @@ def get_libra_cfg(config_file=None, opts=(), trainer=True):
 
 def has_trainer_keys(cfg):
     """True when ``cfg`` carries LibraTrainer's keys (:func:`add_libra_trainer_config`)."""
-    return all(_has(cfg, key) for key in TRAINER_KEYS)
+    return all(has_key(cfg, key) for key in TRAINER_KEYS)
 
 
-def _has(cfg, key):
+def has_key(cfg, key):
+    """True when the dotted ``key`` (e.g. ``"SOLVER.OPTIMIZER"``) exists in ``cfg``."""
     node = cfg
     for part in key.split("."):
-        if not hasattr(node, "get") or part not in node:
+        if not hasattr(node, "keys") or part not in node:
             return False
         node = node[part]
     return True

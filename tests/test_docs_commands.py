@@ -58,12 +58,9 @@ def yacs_keys(config_file):
 
 
 def _has_yacs_key(cfg, key):
-    node = cfg
-    for part in key.split("."):
-        if not hasattr(node, "keys") or part not in node:
-            return False
-        node = node[part]
-    return True
+    from libra_d2.config import has_key
+
+    return has_key(cfg, key)
 
 
 def _has_lazy_node(config_file, dotted):

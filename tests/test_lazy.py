@@ -21,6 +21,16 @@ PAIRS = {
 BUILTIN = os.path.join(ROOT, "configs/lazy/libra_rcnn_R_18_FPN_builtin.py")
 
 
+def _folder_resuming_from(out, checkpoint, folder):
+    """A fresh output folder whose last checkpoint is ``out/checkpoint`` (what --resume reads)."""
+    folder = str(folder)
+    os.makedirs(folder)
+    shutil.copy(os.path.join(out, checkpoint), folder)
+    with open(os.path.join(folder, "last_checkpoint"), "w") as f:
+        f.write(checkpoint)
+    return folder
+
+
 def lazy_model(name):
     cfg = LazyConfig.load(os.path.join(ROOT, "configs/lazy", name))
     return instantiate(cfg.model)
@@ -80,11 +90,7 @@ def test_builtin_lazy_config_trains_evaluates_and_resumes_exactly(shapes_root, t
         assert set(json.load(f)["bbox"]) >= {"AP", "AP50", "AP75"}
 
     # resume from the iteration-4 checkpoint in a fresh folder: same final weights
-    resumed = str(tmp_path / "resumed")
-    os.makedirs(resumed)
-    shutil.copy(os.path.join(out, "model_0000003.pth"), resumed)
-    with open(os.path.join(resumed, "last_checkpoint"), "w") as f:
-        f.write("model_0000003.pth")
+    resumed = _folder_resuming_from(out, "model_0000003.pth", tmp_path / "resumed")
     run_train_net(shapes_root, "--config-file", BUILTIN, "--resume", *opts, f"train.output_dir={resumed}")
     a = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)
     b = torch.load(os.path.join(resumed, "model_final.pth"), map_location="cpu", weights_only=False)
@@ -176,11 +182,7 @@ def test_bfp_on_other_backbones_trains_evaluates_resumes_and_exports(shapes_root
     run_train_net(shapes_root, "--config-file", config, *opts, f"train.output_dir={out}")
     with open(os.path.join(out, "eval_results.json")) as f:
         assert "AP" in json.load(f)["bbox"]
-    resumed = str(tmp_path / "resumed")
-    os.makedirs(resumed)
-    shutil.copy(os.path.join(out, "model_0000001.pth"), resumed)
-    with open(os.path.join(resumed, "last_checkpoint"), "w") as f:
-        f.write("model_0000001.pth")
+    resumed = _folder_resuming_from(out, "model_0000001.pth", tmp_path / "resumed")
     run_train_net(shapes_root, "--config-file", config, "--resume", *opts, f"train.output_dir={resumed}")
     a = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)["model"]
     b = torch.load(os.path.join(resumed, "model_final.pth"), map_location="cpu", weights_only=False)["model"]
