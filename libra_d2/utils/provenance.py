@@ -71,8 +71,8 @@ def processor_info():
 def processor_class(info):
     """A hashable key: records pair only within one class (same model name, torch capability
     and flags; two "AMD EPYC" machines with different instruction sets differ)."""
-    if not info or not isinstance(info, dict):
-        return None
+    if not info or not isinstance(info, dict) or info.get("flags") is None or info.get("cpu_capability") is None:
+        return None  # not recorded as the kernels see it: no class
     return (info.get("model"), info.get("cpu_capability"), tuple(sorted(info.get("flags") or ())))
 
 

@@ -1,0 +1,146 @@
+#!/usr/bin/env python
+"""Print (or check) the README's results tables from the committed data files.
+
+    python tools/results_tables.py            # print the generated block
+    python tools/results_tables.py --write    # replace the block in README.md
+    python tools/results_tables.py --check    # exit 1 if README.md's block differs
+
+The block sits between ``<!-- results:begin -->`` and ``<!-- results:end -->`` in README.md.
+Per configuration: seeds, mean ± sample std of box AP (proposal recall for proposal-only
+models), the commits and processors the runs record; then each paired comparison the data
+allow, with the pairing rule of the ablation report (one processor class, one commit or
+commits proven equivalent by docs/seeded_identity.json): pairs, mean difference, 95%
+Student-t interval, verdict, or why no pair formed.
+"""
+import argparse
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from libra_d2.analysis.ablation import build_report, identity_equivalence, summarize_metric  # noqa: E402
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+# (label, data file under docs/, variant name in it)
+ROWS = [
+    ("Faster R-CNN", "ablation_headline_amd.json", "baseline"),
+    ("Libra R-CNN", "ablation_headline_amd.json", "libra"),
+    ("+ balanced sampling only", "ablation_headline_amd.json", "sampling"),
+    ("Faster R-CNN (earlier runs)", "ablation_headline.json", "baseline"),
+    ("Libra R-CNN (earlier runs)", "ablation_headline.json", "libra"),
+    ("+ balanced sampling only (earlier runs)", "ablation_headline.json", "sampling"),
+    ("+ RPN negative cap only (earlier runs)", "ablation_rpn_normaliser.json", "rpn_cap"),
+    ("Faster R-CNN with OHEM (earlier runs)", "ablation_sampling.json", "ohem"),
+    ("RetinaNet, 850 iterations (earlier runs)", "ablation_retinanet_cpu.json", "retinanet_baseline"),
+    ("Libra RetinaNet, 850 iterations (earlier runs)", "ablation_retinanet_cpu.json", "retinanet_libra"),
+]
+# (label, data file, variant, its baseline)
+PAIRS = [
+    ("Libra R-CNN vs Faster R-CNN", "ablation_headline_amd.json", "libra", "baseline"),
+    ("balanced sampling vs Faster R-CNN", "ablation_headline_amd.json", "sampling", "baseline"),
+    ("Libra R-CNN vs Faster R-CNN (earlier runs)", "ablation_headline.json", "libra", "baseline"),
+    ("balanced sampling vs Faster R-CNN (earlier runs)", "ablation_headline.json", "sampling", "baseline"),
+    ("Libra RetinaNet vs RetinaNet (earlier runs)", "ablation_retinanet_cpu.json", "retinanet_libra",
+     "retinanet_baseline"),
+]
+
+
+def load(name):
+    path = os.path.join(ROOT, "docs", name)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _runs(data, variant):
+    return [r for r in (data or {}).get("runs", []) if r.get("name") == variant and r.get("metrics")]
+
+
+def _processor(r):
+    p = (r.get("provenance") or {}).get("processor")
+    if not p:
+        return "not recorded"
+    if p.get("flags") is None or p.get("cpu_capability") is None:
+        return f"{p.get('model')} (instruction set not recorded)"
+    return f"{p.get('model')} ({p.get('cpu_capability')}; {'/'.join(p['flags']) or 'no listed flags'})"
+
+
+def _commit(r):
+    c = (r.get("provenance") or {}).get("commit") or r.get("commit") or "not recorded"
+    return c[:7] if len(c) == 40 else c
+
+
+def _fmt(s):
+    if s["mean"] is None:
+        return "n/a"
+    return f"{s['mean']:.2f}" + (f" ± {s['std']:.2f}" if s["std"] is not None else "")
+
+
+def generate():
+    lines = ["| config | seeds | AP | commits | processor | data |", "|---|---|---|---|---|---|"]
+    for label, name, variant in ROWS:
+        runs = _runs(load(name), variant)
+        if not runs:
+            continue
+        seeds = ", ".join(str(r["seed"]) for r in runs)
+        ap = summarize_metric([r["metrics"].get("AP") for r in runs])
+        commits = ", ".join(sorted({_commit(r) for r in runs}))
+        procs = "; ".join(sorted({_processor(r) for r in runs}))
+        lines.append(f"| {label} | {seeds} | {_fmt(ap)} | {commits} | {procs} | `docs/{name}` |")
+    identity = load("seeded_identity.json") or []
+    equivalent = identity_equivalence(identity)
+    lines += ["", "| comparison | pairs | ΔAP | 95% interval | verdict |", "|---|---|---|---|---|"]
+    for label, name, variant, base in PAIRS:
+        data = load(name)
+        runs = _runs(data, variant) + _runs(data, base)
+        if not runs:
+            continue
+        rep = build_report(runs, {variant: base, base: None}, equivalent=equivalent)
+        d = rep["differences"][variant]
+        ap = d["AP"]
+        unpaired = sorted(set((d.get("unpaired") or {}).values()))
+        if ap["n"] == 0:
+            lines.append(f"| {label} | 0 | | | not paired: {'; '.join(unpaired)} |")
+            continue
+        ci = f"[{ap['ci'][0]:+.2f}, {ap['ci'][1]:+.2f}]" if ap["ci"] else "n/a"
+        note = f" ({len(d['unpaired'])} seed(s) not paired: {'; '.join(unpaired)})" if unpaired else ""
+        lines.append(f"| {label} | {ap['n']} | {ap['mean']:+.2f} | {ci} | {ap['verdict']}{note} |")
+    return "\n".join(lines) + "\n"
+
+
+def readme_block(text):
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"README.md has no {BEGIN} ... {END} block")
+    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n") + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--write", action="store_true")
+    ap.add_argument("--check", action="store_true")
+    args = ap.parse_args(argv)
+    block = generate()
+    path = os.path.join(ROOT, "README.md")
+    with open(path) as f:
+        text = f.read()
+    if args.check:
+        if readme_block(text) != block:
+            print("README.md's results block differs from the data; run tools/results_tables.py --write",
+                  file=sys.stderr)
+            return 1
+        return 0
+    if args.write:
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        with open(path, "w") as f:
+            f.write(f"{head}{BEGIN}\n{block}{END}{tail}")
+        return 0
+    print(block, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
