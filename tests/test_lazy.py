@@ -196,6 +196,14 @@ def test_bfp_on_other_backbones_trains_evaluates_resumes_and_exports(shapes_root
     model.load_state_dict(a)
     model.roi_heads.box_predictor.test_score_thresh = 0.0  # detections to compare even after 4 iterations
     image = _example(type("C", (), {"MODEL": type("M", (), {"DEVICE": "cpu"})})(), (192, 256))
+    if "vitdet" in name:
+        # torch.export cannot give ViTDet's ViT dynamic sizes (with or without the wrapper):
+        # refused, naming the backbone as the cause
+        from libra_d2.export import BackboneExportError
+
+        with pytest.raises(BackboneExportError, match="backbone SimpleFeaturePyramid fails without the BFP wrapper"):
+            export_program(model, image)
+        return
     program = export_program(model, image)
     with torch.no_grad():
         from libra_d2.export import ExportableDetector

@@ -102,7 +102,7 @@ def retinanet_schedule(seconds_left, s_per_iter, runs=6, slowdown=3.0, overhead_
     if s_per_iter <= 0:
         raise ValueError(f"iteration time must be > 0, got {s_per_iter}")
     n = (seconds_left - overhead_s) / (s_per_iter * slowdown)
-    return int(max(lo, min(hi, math.floor(n / 50) * 50)))
+    return int(max(lo, min(hi, math.floor(n / 50 + 1e-9) * 50)))
 
 
 def main(argv=None):
@@ -126,6 +126,9 @@ def main(argv=None):
     def left():
         return args.budget - (time.time() - t_start)
 
+    def cap(seconds):  # a step's own limit on a GPU; the CPU dry run scales it with its budget
+        return seconds * args.budget / 480.0 if args.dry_run else seconds
+
     def save():
         report["seconds"] = round(time.time() - t_start, 1)
         with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
@@ -143,7 +146,7 @@ def main(argv=None):
     # 2. the CUDA tests (on CPU they are skipped: the dry run proves that they are collected and run)
     print("[gpu_check] cuda_tests ...", flush=True)
     steps["cuda_tests"] = run_step("cuda_tests", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o",
-                                                  "addopts=", "tests/test_cuda.py"], min(150, max(30, left() * 0.3)), logs)
+                                                  "addopts=", "tests/test_cuda.py"], min(cap(150), max(30, left() * 0.3)), logs)
     save()
 
     # 3. the bench at COCO scale
@@ -152,7 +155,7 @@ def main(argv=None):
     bench = [py, "benchmarks/run_all.py", "--device", device, "--only", "sampler,detector,bfp_memory", "--output",
              bench_json]
     bench += ["--short", "128", "--reps", "1", "--rounds", "1"] if args.dry_run else ["--short", "800", "--rounds", "3"]
-    steps["bench"] = run_step("bench", bench, min(200, max(30, left() * 0.45)), logs)
+    steps["bench"] = run_step("bench", bench, min(cap(200), max(30, left() * 0.45)), logs)
     save()
 
     # 4. the RetinaNet pair at seeds 42, 1, 2, the six runs at once
@@ -165,7 +168,7 @@ def main(argv=None):
                       "INPUT.MIN_SIZE_TEST", "128", "SOLVER.IMS_PER_BATCH", "2"]
     calib = [py, "train_net.py", "--config-file", RETINA[1], *base_opts, "SOLVER.MAX_ITER", str(calib_iters),
              "SOLVER.WARMUP_ITERS", "0", "SOLVER.STEPS", "()", "DATASETS.TEST", "()", "OUTPUT_DIR", calib_dir]
-    rec = run_step("retinanet_calibration", calib, min(120, max(20, left() * 0.3)), logs)
+    rec = run_step("retinanet_calibration", calib, min(cap(120), max(20, left() * 0.3)), logs)
     steps["retinanet_calibration"] = rec
     s_per_iter = None
     metrics = os.path.join(calib_dir, "metrics.json")
@@ -179,12 +182,11 @@ def main(argv=None):
     if s_per_iter is None:
         steps["retinanet"] = {"status": "skipped", "reason": "no iteration time measured"}
         return finish(args, report, work, save)
-    if args.dry_run:
-        iters = 4
-    else:
-        iters = retinanet_schedule(left() - 20, s_per_iter)
+    iters = 10 if args.dry_run else retinanet_schedule(left() - 20, s_per_iter)
     steps["retinanet"] = {"iterations": iters, "assumed_concurrent_slowdown": 3.0}
-    schedule = ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", f"({int(iters * 0.8)},{int(iters * 0.95)})",
+    first = int(iters * 0.8)
+    second = min(iters - 1, max(first + 1, int(iters * 0.95)))
+    schedule = ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", f"({first},{second})",
                 "SOLVER.WARMUP_ITERS", str(min(100, iters // 10))]
     abl_dir = os.path.join(work, "retinanet")
     ablate = [py, "tools/ablate.py", "--preset", "builtin-retinanet", "--no-components", "--seeds", "42", "1", "2",

@@ -26,10 +26,17 @@ if [[ ! -x $IMAGE/bin/python ]] || ! "$IMAGE/bin/python" -c "import torch, torch
     pycocotools pyyaml matplotlib grpcio markupsafe
 fi
 if "$IMAGE/bin/python" -c "import detectron2" 2>/dev/null || "$IMAGE/bin/python" -c "import fvcore" 2>/dev/null; then
-  say "the stand-in image holds detectron2 or fvcore from an earlier dry run: rebuilding it"
+  say "the stand-in image holds detectron2 or fvcore from an interrupted dry run: rebuilding it"
   rm -rf "$IMAGE"
   exec bash "$0" "$@"
 fi
+# what the carried install adds is removed again at the end, so the stand-in stays the image
+"$IMAGE/bin/pip" list --format=freeze --disable-pip-version-check | cut -d= -f1 | sort > "$WORK/image_packages.txt"
+restore_image() {
+  "$IMAGE/bin/pip" list --format=freeze --disable-pip-version-check | cut -d= -f1 | sort | comm -13 "$WORK/image_packages.txt" - \
+    | xargs -r "$IMAGE/bin/pip" uninstall --quiet -y >/dev/null 2>&1 || true
+}
+trap restore_image EXIT
 say "preparing the carried folder"
 bash tools/gpu_prepare.sh "$WORK/gpu_carry" > "$WORK/prepare.log" 2>&1 || { tail -20 "$WORK/prepare.log"; exit 1; }
 say "copying the tree without .git to $WORK/tree"

@@ -73,6 +73,10 @@ if [[ -n $D2_SRC ]]; then
     $PIP install "setuptools>=64" wheel ninja
     # no build isolation: the build needs the venv's torch
     $PIP install --no-build-isolation "$D2_SRC"
+    if [[ -f $D2_SRC/detectron2/modeling/backbone/vit.py ]]; then
+      say "detectron2: its ViT (ViTDet) uses timm's layers; installing timm"
+      $PIP install timm
+    fi
     echo "$D2_ID" > "$D2_RECORD"
   fi
 elif "$PY" -c "import detectron2" >/dev/null 2>&1 && [[ ! -f $CONSTRAINTS ]]; then

@@ -71,7 +71,8 @@ def tiny_regnet():
 
 
 def vitdet_modules():
-    """detectron2's ViT and SimpleFeaturePyramid (detectron2 after v0.6); a clear error before."""
+    """detectron2's ViT and SimpleFeaturePyramid (detectron2 after v0.6, whose ViT blocks use
+    timm's layers); a clear error naming what is missing otherwise."""
     try:
         from detectron2.modeling import SimpleFeaturePyramid, ViT
     except ImportError as e:
@@ -79,6 +80,10 @@ def vitdet_modules():
 
         raise ImportError(f"the ViTDet configs need detectron2's ViT and SimpleFeaturePyramid (detectron2 main, after "
                           f"v0.6); this detectron2 is {detectron2.__version__}") from e
+    try:
+        import timm  # noqa: F401
+    except ImportError as e:
+        raise ImportError("the ViTDet configs need timm (detectron2's ViT blocks use its layers): pip install timm") from e
     return ViT, SimpleFeaturePyramid
 
 

@@ -3,6 +3,7 @@ AOTInductor and ONNX (:mod:`.exporters`), through the branch-free inference path
 :mod:`.inference` where torch.export needs one."""
 from .exporters import (  # noqa: F401
     ONNX_EXPORTERS,
+    BackboneExportError,
     ExportableDetector,
     compare_detections,
     compile_aoti,
@@ -15,6 +16,6 @@ from .exporters import (  # noqa: F401
 )
 
 __all__ = [
-    "ExportableDetector", "trace_detector", "export_program", "compile_aoti", "data_dependent_convolutions",
+    "BackboneExportError", "ExportableDetector", "trace_detector", "export_program", "compile_aoti", "data_dependent_convolutions",
     "size_bounds", "export_onnx", "ONNX_EXPORTERS", "default_example_size", "compare_detections",
 ]

@@ -21,6 +21,7 @@ the input's shape at run time: the trace generalises to other input sizes, which
 not multiples of each other.
 """
 import contextlib
+import copy
 import os
 import warnings
 from typing import List, Tuple
@@ -28,8 +29,9 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
-__all__ = ["ExportableDetector", "trace_detector", "export_program", "compile_aoti", "data_dependent_convolutions", "size_bounds", "export_onnx",
-           "ONNX_EXPORTERS", "default_example_size", "compare_detections"]
+__all__ = ["BackboneExportError", "ExportableDetector", "trace_detector", "export_program", "compile_aoti",
+           "data_dependent_convolutions", "size_bounds", "export_onnx", "ONNX_EXPORTERS", "default_example_size",
+           "compare_detections"]
 
 
 MASK_THRESHOLD = 0.5  # detectron2's detector_postprocess default
@@ -198,21 +200,49 @@ def _nms_fake_kernel():
         lib._destroy()
 
 
+class BackboneExportError(RuntimeError):
+    """torch.export cannot export the detector's backbone with dynamic sizes, with or without
+    the BFP wrapper (so the wrapper is not the cause)."""
+
+
+def _export(model, example, dims):
+    import torchvision  # noqa: F401  (registers torchvision's ops and their own fake kernels first)
+
+    with torch.no_grad(), _nms_fake_kernel():
+        return torch.export.export(ExportableDetector(model, branch_free=True), (example,), dynamic_shapes=(dims,))
+
+
 def export_program(model, example: torch.Tensor, bounds: Tuple[int, int] = None):
     """``torch.export.export`` of :class:`ExportableDetector` on libra-d2's branch-free
     inference path (:mod:`libra_d2.export.inference`), with dynamic height and width within
     ``bounds`` (default :func:`size_bounds`). Returns the ``ExportedProgram``; save it with
-    ``torch.export.save``."""
-    wrapper = ExportableDetector(model, branch_free=True)
+    ``torch.export.save``. When a model whose backbone is a ``BFPBackbone`` fails, its plain
+    twin (the inner backbone alone) is tried: if that fails too, :class:`BackboneExportError`
+    says the backbone is the cause; otherwise torch's error is raised."""
+    ExportableDetector(model, branch_free=True)  # the supported-model checks, before any tracing
     lo, hi = bounds or size_bounds(model)
     h, w = example.shape[-2:]
     if not (lo <= h <= hi and lo <= w <= hi):
         raise ValueError(f"example size {h}x{w} is outside the exported size range [{lo}, {hi}]")
     dims = {1: torch.export.Dim("height", min=lo, max=hi), 2: torch.export.Dim("width", min=lo, max=hi)}
-    import torchvision  # noqa: F401  (registers torchvision's ops and their own fake kernels first)
+    try:
+        return _export(model, example, dims)
+    except Exception as e:  # torch.export's errors share no public base class
+        from ..modeling.backbone import BFPBackbone
 
-    with torch.no_grad(), _nms_fake_kernel():
-        return torch.export.export(wrapper, (example,), dynamic_shapes=(dims,))
+        if not isinstance(getattr(model, "backbone", None), BFPBackbone):
+            raise
+        plain = copy.copy(model)
+        plain._modules = dict(model._modules, backbone=model.backbone.inner)
+        try:
+            _export(plain, example, dims)
+        except Exception:  # the plain twin fails as well: the backbone is the cause
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BackboneExportError(
+                f"torch.export cannot export this detector with dynamic height and width: its backbone "
+                f"{type(model.backbone.inner).__name__} fails without the BFP wrapper as well, so the wrapper is not "
+                f"the cause ({type(e).__name__}: {first})") from e
+        raise
 
 
 def data_dependent_convolutions(program) -> List[str]:
