@@ -40,6 +40,7 @@ def test_the_wrapper_reports_the_inner_backbone_and_adds_only_bfp_parameters():
     wrapped = BFPBackbone(inner, refine_level=1)
     assert wrapped.output_shape() == inner.output_shape() and wrapped.size_divisibility == 32
     assert wrapped.padding_constraints == getattr(inner, "padding_constraints", {})
+    assert wrapped.strides is inner.strides and wrapped.inner is inner  # the inner backbone's attributes read through
     assert set(wrapped.state_dict()) - plain_keys == {k for k in wrapped.state_dict() if k.startswith("bfp.")}
     assert plain_keys <= set(wrapped.state_dict())
     x = torch.rand(2, 3, 64, 64)

@@ -3,9 +3,8 @@
 What it adds to DefaultTrainer (same hooks, writers, evaluation):
 
 * **Exact ``--resume``** (detectron2 0.6 and main alike). The checkpoint holds the model,
-  the optimizer and the LR scheduler (detectron2 0.6 and main save both in the trainer's
-  state: the optimizer through ``SimpleTrainer``, the scheduler through its ``LRScheduler``
-  hook), the iteration and
+  the optimizer and the LR scheduler (where this detectron2's trainer state lacks one, as
+  0.6's ``DefaultTrainer`` lacks the optimizer, LibraTrainer adds it), the iteration and
   the run's base seed. The training stream is addressed by position
   (:mod:`libra_d2.engine.samplers`): batch k is a pure function of (seed, k), with
   detectron2's aspect-ratio grouping, repeat-factor, weighted and random-subset sampling
@@ -109,6 +108,21 @@ class LibraTrainer(DefaultTrainer):
             self.checkpointer.checkpointables.setdefault(key, obj)
         hooks = super().build_hooks()
         return [self._seed_hook] + hooks
+
+    def state_dict(self):
+        ret = super().state_dict()
+        if "optimizer" not in ret.get("_trainer", {}):  # detectron2 0.6's DefaultTrainer saves no optimizer
+            ret["libra_optimizer"] = self.optimizer.state_dict()
+        if not any("LRScheduler" in k for k in ret.get("hooks", {})):
+            ret["libra_scheduler"] = self.scheduler.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "libra_optimizer" in state_dict:
+            self.optimizer.load_state_dict(state_dict["libra_optimizer"])
+        if "libra_scheduler" in state_dict:
+            self.scheduler.load_state_dict(state_dict["libra_scheduler"])
 
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)

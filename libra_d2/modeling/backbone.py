@@ -79,6 +79,17 @@ class BFPBackbone(Backbone):
         except LibraConfigError as e:
             raise LibraConfigError(f"{e} (the inner backbone's levels: {', '.join(names)})") from None
 
+    def __getattr__(self, name):
+        # the inner backbone's own attributes (an FPN's ``in_features``, ``lateral_convs``,
+        # ``top_block``, ...) read through the wrapper as through the plain backbone
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            inner = self.__dict__.get("_inner")
+            if inner is None or "bfp" not in self.__dict__.get("_modules", {}):  # not while being built
+                raise
+            return getattr(inner, name)
+
     @property
     def inner(self) -> Backbone:
         """The wrapped backbone (its modules are this module's own)."""
