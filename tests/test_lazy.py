@@ -161,6 +161,29 @@ def _has_vitdet():
 
 
 @pytest.mark.parametrize("name", ["libra_regnet_fpn_builtin.py", "libra_vitdet_builtin.py"])
+def test_libra_and_plain_twins_on_other_backbones_build_and_take_a_training_step(name):
+    """make test: the small RegNet-FPN / ViTDet configs (Libra and plain) build, the Libra one's
+    parameters are the plain one's plus bfp.*, and a training step runs."""
+    if "vitdet" in name and not _has_vitdet():
+        with pytest.raises(ImportError, match="detectron2 main"):
+            LazyConfig.load(os.path.join(ROOT, "configs/lazy", name))
+        return
+    from detectron2.structures import Boxes, Instances
+    from detectron2.utils.events import EventStorage
+
+    libra = instantiate(LazyConfig.load(os.path.join(ROOT, "configs/lazy", name)).model).train()
+    plain = instantiate(LazyConfig.load(os.path.join(ROOT, "configs/lazy", name.replace("libra_", ""))).model)
+    extra = set(libra.state_dict()) - set(plain.state_dict())
+    assert extra and all(k.startswith("backbone.bfp.") for k in extra) and set(plain.state_dict()) <= set(libra.state_dict())
+    inst = Instances((192, 256), gt_boxes=Boxes(torch.tensor([[20.0, 30, 120, 140]])), gt_classes=torch.tensor([2]))
+    with EventStorage():
+        losses = libra([{"image": torch.rand(3, 192, 256) * 255, "instances": inst}])
+    sum(losses.values()).backward()
+    assert libra.backbone.bfp.refine.conv_out.weight.grad is not None
+
+
+@pytest.mark.opt_in
+@pytest.mark.parametrize("name", ["libra_regnet_fpn_builtin.py", "libra_vitdet_builtin.py"])
 def test_bfp_on_other_backbones_trains_evaluates_resumes_and_exports(shapes_root, tmp_path, name):
     """The BFP wrapper on a second backbone family (RegNet-FPN, both detectron2 versions) and
     on ViTDet's simple feature pyramid (detectron2 main): a few iterations through train_net.py,
