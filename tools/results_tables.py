@@ -95,9 +95,9 @@ def generate():
     lines += ["", "| comparison | pairs | ΔAP | 95% interval | verdict |", "|---|---|---|---|---|"]
     for label, name, variant, base in PAIRS:
         data = load(name)
-        runs = _runs(data, variant) + _runs(data, base)
-        if not runs:
+        if not _runs(data, variant) or not _runs(data, base):
             continue
+        runs = _runs(data, variant) + _runs(data, base)
         rep = build_report(runs, {variant: base, base: None}, equivalent=equivalent)
         d = rep["differences"][variant]
         ap = d["AP"]
