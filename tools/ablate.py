@@ -174,10 +174,18 @@ def load_identity_records(path):
 RUN_INFO = "ablate_run.json"  # per run folder: the provenance (commit, processor, threads, versions, seconds)
 
 
+def run_opts(config_file, seed, out):
+    """The seed and output folder of one run in the config's own override syntax: yacs
+    ``SEED S OUTPUT_DIR OUT``, LazyConfig (``.py``) ``train.seed=S train.output_dir=OUT``."""
+    if config_file.endswith(".py"):
+        return [f"train.seed={seed}", f"train.output_dir={out}"]
+    return ["SEED", str(seed), "OUTPUT_DIR", out]
+
+
 def run_one(args, v, seed, tag, only, env):
     """Train/resume one (variant, seed) unless finished; returns its run record."""
     out = os.path.join(args.output_dir, v.name, f"seed{seed}")
-    opts = v.opts + list(args.opts) + ["SEED", str(seed), "OUTPUT_DIR", out]
+    opts = v.opts + list(args.opts) + run_opts(v.config_file, seed, out)
     run = {"name": v.name, "seed": seed, "config_file": v.config_file, "opts": v.opts + list(args.opts),
            "output_dir": out, "metrics": None}
     status = run_status(out)
