@@ -81,6 +81,14 @@ def add_libra_config(cfg):
     # LibraRetinaNet: clip each level's decoded boxes to the image before class-wise NMS (the
     # reference's order). False: detectron2's order (NMS, then clip in post-processing).
     _C.MODEL.LIBRA.RETINANET_CLIP_BEFORE_NMS = False
+    # LibraRetinaNet's loss divisor: "moving_average" (detectron2: a moving average of the
+    # foreground anchor count, initial 100, momentum 0.9) or "batch" (the reference: this
+    # batch's foreground count, at least 1).
+    _C.MODEL.LIBRA.RETINANET_LOSS_NORMALIZER = "moving_average"
+    # LibraRetinaNet: True leaves the anchors outside each image's own area (rounded up to the
+    # size divisibility), i.e. in the batch's padding, out of matching and both losses, as
+    # the reference does. False: detectron2 labels them like any other anchor.
+    _C.MODEL.LIBRA.RETINANET_IGNORE_PADDING_ANCHORS = False
     # Anchor matching of LibraRPN and LibraRetinaNet. False: detectron2's Matcher. True: the
     # reference's low-quality rule (libra_d2.modeling.matcher.ReferenceMatcher): an anchor that is a
     # box's best match becomes positive only at IoU >= the MIN_POS_IOU below, and goes to the
@@ -88,6 +96,11 @@ def add_libra_config(cfg):
     _C.MODEL.LIBRA.REFERENCE_MATCHER = False
     _C.MODEL.LIBRA.RPN_MIN_POS_IOU = 0.3
     _C.MODEL.LIBRA.RETINANET_MIN_POS_IOU = 0.0
+    # Box decoding of LibraRPN, the Libra box heads and LibraRetinaNet. False: detectron2's
+    # Box2BoxTransform (the log-scale dw, dh bounded from above). True: bounded at both ends,
+    # as the reference's decoder (ReferenceClampBox2BoxTransform). Converted reference
+    # checkpoints set True.
+    _C.MODEL.LIBRA.REFERENCE_DECODER_CLAMP = False
 
     # Keys only LibraTrainer honours are added by add_libra_trainer_config; without it a
     # config that sets one fails at merge with an error naming LibraTrainer.
@@ -293,7 +306,8 @@ def validate_libra_config(cfg):
     validate_refine_args(None, g("MODEL.BFP.REFINE_LEVEL"), g("MODEL.BFP.REFINE_TYPE"))
     for key in ("MODEL.LIBRA.RPN_MIN_POS_IOU", "MODEL.LIBRA.RETINANET_MIN_POS_IOU"):
         validate_min_pos_iou(None, g(key), key)
-    for key in ("MODEL.LIBRA.P7_RELU", "MODEL.LIBRA.RETINANET_CLIP_BEFORE_NMS", "MODEL.LIBRA.REFERENCE_MATCHER"):
+    for key in ("MODEL.LIBRA.P7_RELU", "MODEL.LIBRA.RETINANET_CLIP_BEFORE_NMS", "MODEL.LIBRA.REFERENCE_MATCHER",
+                "MODEL.LIBRA.REFERENCE_DECODER_CLAMP", "MODEL.LIBRA.RETINANET_IGNORE_PADDING_ANCHORS"):
         _check_bool(key, g(key))
     if has_trainer_keys(cfg):  # LibraTrainer's keys, where the config has them
         for key in ("SOLVER.FUSED_OPTIMIZER", "DATALOADER.EXACT_RESUME"):
@@ -302,6 +316,8 @@ def validate_libra_config(cfg):
         if g("SOLVER.FUSED_OPTIMIZER") and g("SOLVER.OPTIMIZER") != "AdamW":
             _fail("SOLVER.FUSED_OPTIMIZER", True,
                   "False unless SOLVER.OPTIMIZER is 'AdamW' (the fused kernel is AdamW's)")
+    check_choice("MODEL.LIBRA.RETINANET_LOSS_NORMALIZER", g("MODEL.LIBRA.RETINANET_LOSS_NORMALIZER"),
+                 ("moving_average", "batch"))
     _check_balanced_l1_owners(cfg)
     return cfg
 

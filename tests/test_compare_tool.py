@@ -7,12 +7,18 @@ import pytest
 import torch
 
 from tools.compare_with_mmdet import (
+    OHEM_SAMPLER,
+    box_iou,
+    compare_choices,
     compare_losses,
+    compare_scaled_losses,
     compare_tensors,
     main,
     match_detections,
     matching_differences,
+    ohem_cases,
     parse_gt,
+    second_image,
     synthetic_image,
 )
 from tools.mmdet_reference_side import choose_by_priority
@@ -96,3 +102,45 @@ def test_the_reference_side_imports_nothing_of_libra_d2_or_detectron2():
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "mmdet_reference_side.py")
     src = open(path).read()
     assert "libra_d2" not in src.replace("libra-d2", "") and "detectron2" not in src
+
+
+def test_retinanet_batch_inputs_and_scaled_loss_comparison():
+    rgb, boxes, classes = synthetic_image()
+    gt = {"boxes": boxes, "classes": classes}
+    rgb2, gt2 = second_image(rgb, gt)
+    assert rgb2.shape[:2] == (250, 330) and np.array_equal(rgb2, rgb[:250, :330])
+    assert all(b[2] <= 330 and b[3] <= 250 for b in gt2["boxes"]) and len(gt2["boxes"]) == len(gt2["classes"]) >= 3
+    ref = {"loss_cls": 1.2, "loss_bbox": 0.3}
+    ours = {"loss_cls": 1.2 * 10 / 90.4, "loss_box_reg": 0.3 * 10 / 90.4}  # same sums, divisors 90.4 vs 10
+    assert compare_scaled_losses(ref, ours, 1.0)["loss_cls"]["rel"] > 0.8
+    scaled = compare_scaled_losses(ref, ours, 90.4 / 10)
+    assert max(t["rel"] for t in scaled.values()) < 1e-12
+    assert compare_scaled_losses({"loss_cls": 1.0}, ours, 1.0)["loss_box_reg"] == {"missing": "reference"}
+
+
+def test_ohem_cases_cover_both_pool_sizes():
+    rgb, boxes, classes = synthetic_image()
+    gt = {"boxes": boxes, "classes": classes}
+    cases = {c["name"]: c for c in ohem_cases(rgb.shape[:2], gt)}
+    num_pos = int(OHEM_SAMPLER["num"] * OHEM_SAMPLER["pos_fraction"])
+    for name, larger in (("pool_larger", True), ("pool_smaller", False)):
+        props = torch.tensor(cases[name]["proposals"])
+        iou = box_iou(torch.tensor(boxes, dtype=torch.float32), props).max(dim=0).values
+        pos, neg = int((iou >= 0.5).sum()) + len(boxes), int((iou < 0.5).sum())  # + the appended ground truth
+        if larger:
+            assert pos > num_pos and neg > OHEM_SAMPLER["num"] - num_pos
+        else:
+            assert pos <= num_pos and pos + neg <= OHEM_SAMPLER["num"]
+        assert cases[name]["mmdet_overrides"]["train_cfg.rcnn.sampler"]["type"] == "OHEMSampler"
+    again = ohem_cases(rgb.shape[:2], gt)
+    assert again[0]["proposals"] == cases["pool_larger"]["proposals"]  # deterministic
+
+
+def test_chosen_sets_compare_exactly():
+    a = {"positive": [[0, 0, 10, 10], [1, 1, 5, 5]], "negative": [[2, 2, 3, 3]]}
+    same = {"positive": [[1, 1, 5, 5], [0, 0, 10, 10]], "negative": [[2, 2, 3, 3]]}
+    c = compare_choices(a, same)
+    assert c["positive"]["equal"] and c["negative"]["equal"] and c["positive"]["common"] == 2
+    moved = {"positive": [[1, 1, 5, 5], [0, 0, 10, 10.001]], "negative": [[2, 2, 3, 3]]}
+    c = compare_choices(a, moved)
+    assert not c["positive"]["equal"] and c["positive"]["only_reference"] == [(0.0, 0.0, 10.0, 10.0)]

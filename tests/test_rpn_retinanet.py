@@ -1,6 +1,7 @@
 """LibraRPN (negative cap, Balanced L1) and LibraRetinaNet's Balanced L1 against hand computations."""
 import math
 
+import pytest
 import torch
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
@@ -214,3 +215,57 @@ def test_retinanet_group_norm_head_builds_on_this_detectron2(libra_cfg):
     sum(losses.values()).backward()
     assert all(math.isfinite(float(v)) for v in losses.values())
     assert model.head.cls_subnet[1].weight.grad is not None
+
+
+@pytest.mark.parametrize("balanced", [True, False])
+def test_retinanet_batch_normaliser_divides_by_this_batch_foreground_count(libra_cfg, balanced):
+    opts = ["MODEL.LIBRA.RETINANET_LOSS_NORMALIZER", "batch"]
+    if not balanced:
+        opts += ["MODEL.RETINANET.BBOX_REG_LOSS_TYPE", "smooth_l1"]
+    batch = build_model(libra_cfg("builtin/libra_retinanet_R_18_FPN_cpu.yaml", *opts))
+    ema = build_model(libra_cfg("builtin/libra_retinanet_R_18_FPN_cpu.yaml", *opts[2:]))
+    k = batch.num_classes
+    anchors, gt_boxes, pred = tiny_case()
+    gt_labels = [torch.tensor([2, k, 0])]
+    logits = [torch.full((1, 2, k), 0.3), torch.full((1, 1, k), -0.2)]
+    with EventStorage():
+        a = batch.losses(anchors, logits, gt_labels, pred, gt_boxes)
+        b = ema.losses(anchors, logits, gt_labels, pred, gt_boxes)
+    assert batch.last_loss_normalizer == 2.0
+    for name in ("loss_cls", "loss_box_reg"):  # same sums, divided by 2 vs 0.9 * 100 + 0.1 * 2
+        assert math.isclose(float(a[name]) * 2, float(b[name]) * (90 + 0.2), rel_tol=1e-6)
+    with pytest.raises(Exception, match="RETINANET_LOSS_NORMALIZER"):
+        build_model(libra_cfg("builtin/libra_retinanet_R_18_FPN_cpu.yaml",
+                              "MODEL.LIBRA.RETINANET_LOSS_NORMALIZER", "per_image"))
+
+
+def test_retinanet_padding_anchors_are_ignored_only_when_asked(libra_cfg):
+    from detectron2.structures import Instances
+
+    cfg = libra_cfg("builtin/libra_retinanet_R_18_FPN_cpu.yaml")
+    plain = build_model(cfg)
+    cfg.MODEL.LIBRA.RETINANET_IGNORE_PADDING_ANCHORS = True
+    model = build_model(cfg)
+    big, small = (192, 256), (128, 160)  # a batch padded to 192 x 256 (multiples of 32)
+    feats = {f: torch.zeros(2, 1, math.ceil(big[0] / s), math.ceil(big[1] / s))
+             for f, s in zip(model.head_in_features, model.anchor_generator.strides)}
+    anchors = model.anchor_generator([feats[f] for f in model.head_in_features])
+    gts = []
+    for size in (big, small):
+        inst = Instances(size)
+        inst.gt_boxes = Boxes(torch.tensor([[10.0, 12, 60, 70], [90, 40, 150, 120]]))
+        inst.gt_classes = torch.tensor([1, 3])
+        gts.append(inst)
+    labels, _ = model.label_anchors(anchors, gts)
+    ref_labels, _ = plain.label_anchors(anchors, gts)
+    assert torch.equal(labels[0], ref_labels[0])  # the image that fills the batch: nothing changes
+    inside = model.anchors_inside_image(anchors, small)
+    centers = Boxes.cat(anchors).get_centers()
+    # by hand: a cell inside 128 x 160 (already multiples of 32) at every stride
+    strides = torch.cat([torch.full((len(a),), float(s)) for a, s in zip(anchors, model.anchor_generator.strides)])
+    by_hand = (torch.floor(centers[:, 1] / strides) < torch.ceil(128 / strides)) & \
+        (torch.floor(centers[:, 0] / strides) < torch.ceil(160 / strides))
+    assert torch.equal(inside, by_hand) and 0 < int(inside.sum()) < len(inside)
+    assert bool((labels[1][~inside] == -1).all())
+    assert bool((ref_labels[1][~inside] == model.num_classes).any())  # detectron2: background there
+    assert torch.equal(labels[1][inside] != -1, ref_labels[1][inside] != -1)

@@ -93,6 +93,7 @@ def test_convert_reference_checkpoint(libra_cfg, tmp_path, arch, config):
 
     cfg = get_libra_cfg(str(tmp_path / "out.yaml"))
     assert cfg.INPUT.FORMAT == "RGB" and cfg.MODEL.RESNETS.STRIDE_IN_1X1 is False
+    assert cfg.MODEL.LIBRA.REFERENCE_DECODER_CLAMP is True  # the reference's decoder
     model = build_model(cfg)
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     ref = src_model.state_dict()

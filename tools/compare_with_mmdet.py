@@ -32,6 +32,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import torch
@@ -244,6 +245,165 @@ def loss_settings(model_cfg, converted, build_model, image_rgb, gt):
     return settings, anchors, {"anchors": int(len(anchors)), "non_ignored": count, "positive": pos}
 
 
+RETINANET_LOSS_NAMES = {"loss_cls": "loss_cls", "loss_box_reg": "loss_bbox"}
+# libra-d2's RetinaNet settings: (name, images, the keys that follow the reference's training)
+RETINANET_REFERENCE_KEYS = {"MODEL.LIBRA.RETINANET_LOSS_NORMALIZER": "batch",
+                            "MODEL.LIBRA.RETINANET_IGNORE_PADDING_ANCHORS": True}
+RETINANET_SETTINGS = [("one_image", [0], {}), ("one_image_reference_keys", [0], RETINANET_REFERENCE_KEYS),
+                      ("two_images", [0, 1], {}), ("two_images_reference_keys", [0, 1], RETINANET_REFERENCE_KEYS)]
+OHEM_SAMPLER = {"type": "OHEMSampler", "num": 512, "pos_fraction": 0.25, "neg_pos_ub": -1, "add_gt_as_proposals": True}
+
+
+def second_image(rgb, gt, h=250, w=330):
+    """A smaller second image for a batch of two (its top-left crop, the boxes clipped to it;
+    250 x 330 pads to 256 x 352 on its own, the batch to the first image's size)."""
+    boxes, classes = [], []
+    for b, c in zip(gt["boxes"], gt["classes"]):
+        x1, y1, x2, y2 = b[0], b[1], min(b[2], w), min(b[3], h)
+        if x2 - x1 >= 8 and y2 - y1 >= 8:
+            boxes.append([x1, y1, x2, y2])
+            classes.append(c)
+    return np.ascontiguousarray(rgb[:h, :w]), {"boxes": boxes, "classes": classes}
+
+
+def compare_scaled_losses(ref: dict, ours: dict, scale: float, names=None) -> dict:
+    """Term by term as :func:`compare_losses`, libra-d2's terms multiplied by ``scale`` (its
+    divisor over the reference's: both then divide the same sums by the reference's divisor)."""
+    names = names or RETINANET_LOSS_NAMES
+    out = {}
+    for d2_name, mm_name in names.items():
+        if d2_name not in ours or mm_name not in ref:
+            out[d2_name] = {"missing": d2_name not in ours and "libra_d2" or "reference"}
+            continue
+        a, b = float(ref[mm_name]), float(ours[d2_name]) * scale
+        out[d2_name] = {"reference": a, "libra_d2": b, "rel": abs(a - b) / abs(a) if a else abs(b)}
+    return out
+
+
+def _max_rel(terms: dict) -> float:
+    return max(t.get("rel", float("inf")) for t in terms.values())
+
+
+def _instances(gt, hw):
+    from detectron2.structures import Boxes, Instances
+
+    return Instances(hw, gt_boxes=Boxes(torch.tensor(gt["boxes"], dtype=torch.float32).reshape(-1, 4)),
+                     gt_classes=torch.tensor(gt["classes"], dtype=torch.long))
+
+
+def _tensor(rgb):
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float()
+
+
+def libra_retinanet_losses(cfg, converted, build_model, images, gts):
+    """libra-d2's RetinaNet loss terms in each of RETINANET_SETTINGS, with its divisor and the
+    anchors its labelling made foreground and ignored."""
+    from detectron2.utils.events import EventStorage
+
+    out = {}
+    for name, idx, keys in RETINANET_SETTINGS:
+        c = cfg.clone()
+        c.defrost()
+        for k, v in keys.items():
+            c.merge_from_list([k, v])
+        torch.manual_seed(0)
+        model = _model(c, converted, build_model).train()
+        inputs = [{"image": _tensor(images[i]), "instances": _instances(gts[i], images[i].shape[:2])} for i in idx]
+        with EventStorage():
+            losses = model(inputs)
+            with torch.no_grad():
+                batch = model.preprocess_image(inputs)
+                feats = model.backbone(batch.tensor)
+                anchors = model.anchor_generator([feats[f] for f in model.head_in_features])
+                labels = torch.stack(model.label_anchors(anchors, [x["instances"] for x in inputs])[0])
+        out[name] = {"terms": {k: float(v) for k, v in losses.items()}, "keys": keys,
+                     "targets": {"foreground": int(((labels >= 0) & (labels != model.num_classes)).sum()),
+                                 "ignored": int((labels == -1).sum()), "anchors": int(labels.numel()),
+                                 "normalizer": model.last_loss_normalizer,
+                                 "batch_shape": list(batch.tensor.shape[-2:])}}
+    return out
+
+
+def retinanet_matching(cfg, converted, build_model, rgb, gt):
+    """:func:`matching_differences` on RetinaNet's anchors (the reference's minimum IoU 0)."""
+    model = _model(cfg, converted, build_model).eval()
+    with torch.no_grad():
+        feats = model.backbone(model.preprocess_image([{"image": _tensor(rgb)}]).tensor)
+        anchors = torch.cat([a.tensor for a in model.anchor_generator([feats[f] for f in model.head_in_features])])
+    return matching_differences(anchors, torch.tensor(gt["boxes"]), min_pos_iou=0.0)
+
+
+def ohem_cases(hw, gt, seed=0):
+    """Two proposal sets for one image: ``pool_larger`` (about 600 boxes jittered around the
+    ground truth and 1,400 random ones: both roles' pools exceed their counts, 128 / 384) and
+    ``pool_smaller`` (its first 15 per box and 30 random: every candidate is taken)."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = hw
+    gtb = torch.tensor(gt["boxes"], dtype=torch.float32)
+    near = []
+    for b in gtb:
+        size = (b[2:] - b[:2]).repeat(2)
+        near.append(b + torch.randn(150, 4, generator=g) * size * 0.12)
+    rnd = torch.rand(1400, 4, generator=g) * torch.tensor([w, h, w, h], dtype=torch.float32)
+    rnd = torch.cat([torch.minimum(rnd[:, :2], rnd[:, 2:]), torch.maximum(rnd[:, :2], rnd[:, 2:]) + 4], dim=1)
+
+    def tidy(boxes):
+        boxes = boxes.clone()
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+        keep = ((boxes[:, 2] - boxes[:, 0]) > 2) & ((boxes[:, 3] - boxes[:, 1]) > 2)
+        return boxes[keep]
+
+    larger = tidy(torch.cat(near + [rnd]))
+    smaller = tidy(torch.cat([n[:15] for n in near] + [rnd[:30]]))
+    overrides = {"train_cfg.rcnn.sampler": OHEM_SAMPLER}
+    return [{"name": "pool_larger", "proposals": larger.tolist(), "mmdet_overrides": overrides},
+            {"name": "pool_smaller", "proposals": smaller.tolist(), "mmdet_overrides": overrides}]
+
+
+def libra_ohem(cfg, converted, build_model, rgb, gt, case):
+    """The boxes libra-d2's ``ohem`` sampler (both roles, 512 per image, a quarter positive)
+    takes from ``case``'s proposals, through LibraROIHeads.label_and_sample_proposals."""
+    from detectron2.structures import Boxes, Instances
+    from detectron2.utils.events import EventStorage
+
+    c = cfg.clone()
+    c.defrost()
+    c.merge_from_list(["MODEL.LIBRA.POS_SAMPLER", "ohem", "MODEL.LIBRA.NEG_SAMPLER", "ohem",
+                       "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", OHEM_SAMPLER["num"],
+                       "MODEL.ROI_HEADS.POSITIVE_FRACTION", OHEM_SAMPLER["pos_fraction"],
+                       "MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", OHEM_SAMPLER["add_gt_as_proposals"]])
+    torch.manual_seed(0)
+    model = _model(c, converted, build_model).train()
+    hw = rgb.shape[:2]
+    props = Instances(hw, proposal_boxes=Boxes(torch.tensor(case["proposals"], dtype=torch.float32)))
+    props.objectness_logits = torch.zeros(len(props))
+    with torch.no_grad(), EventStorage():
+        feats = model.backbone(model.preprocess_image([{"image": _tensor(rgb)}]).tensor)
+        model.roi_heads._features_for_sampling = feats
+        try:
+            sampled = model.roi_heads.label_and_sample_proposals([props], [_instances(gt, hw)])[0]
+        finally:
+            model.roi_heads._features_for_sampling = None
+    pos = sampled.gt_classes != model.roi_heads.num_classes
+    boxes = sampled.proposal_boxes.tensor
+    return {"positive": boxes[pos].tolist(), "negative": boxes[~pos].tolist()}
+
+
+def compare_choices(ref: dict, ours: dict) -> dict:
+    """The two samplers' chosen boxes as sets (boxes compared exactly, as float32 values)."""
+    def keyset(boxes):
+        return {tuple(np.asarray(b, np.float32).tolist()) for b in boxes}
+
+    out = {}
+    for role in ("positive", "negative"):
+        r, o = keyset(ref[role]), keyset(ours[role])
+        out[role] = {"reference": len(ref[role]), "libra_d2": len(ours[role]), "common": len(r & o),
+                     "only_reference": sorted(r - o)[:10], "only_libra_d2": sorted(o - r)[:10],
+                     "equal": r == o and len(ref[role]) == len(ours[role])}
+    return out
+
+
 def parse_gt(specs):
     boxes, classes = [], []
     for s in specs:
@@ -285,7 +445,11 @@ def main(argv=None):
     ap.add_argument("--image", help="an image file (default: a generated 320x416 image)")
     ap.add_argument("--gt", action="append", default=[], metavar="x1,y1,x2,y2,class",
                     help="ground-truth box for --train-losses (repeatable; default: the generated objects)")
-    ap.add_argument("--train-losses", action="store_true", help="also compare training-loss terms (two-stage)")
+    ap.add_argument("--train-losses", action="store_true",
+                    help="also compare training-loss terms (Faster R-CNN: two sampler settings; RetinaNet: one image "
+                    "and a batch of two, with detectron2's conventions and with the reference-training keys)")
+    ap.add_argument("--ohem", action="store_true",
+                    help="Faster R-CNN: also compare the proposals OHEM chooses (the reference's OHEMSampler vs 'ohem')")
     ap.add_argument("--iou", type=float, default=0.99)
     ap.add_argument("--score-tol", type=float, default=1e-3)
     ap.add_argument("--neck-tol", type=float, default=1e-4, help="relative tolerance for the neck outputs")
@@ -296,7 +460,10 @@ def main(argv=None):
     ap.add_argument("-o", "--output", help="report json")
     args = ap.parse_args(argv)
 
+    from libra_d2.utils.provenance import provenance
     from libra_d2.utils.safe_load import UntrustedCheckpointError
+
+    t0 = time.time()
 
     if args.image:
         import cv2
@@ -314,17 +481,25 @@ def main(argv=None):
                                                             args.reference_matcher)
     except UntrustedCheckpointError as e:
         raise SystemExit(f"compare_with_mmdet: {e}") from None
-    if args.train_losses and arch != "rcnn":
-        raise SystemExit("compare_with_mmdet: --train-losses compares the two-stage (Libra Faster R-CNN) losses only")
-    if args.train_losses and not gt:
-        raise SystemExit("compare_with_mmdet: --train-losses with --image needs --gt boxes")
+    if args.ohem and arch != "rcnn":
+        raise SystemExit("compare_with_mmdet: --ohem compares a two-stage model's RoI sampling (Libra Faster R-CNN)")
+    if (args.train_losses or args.ohem) and not gt:
+        raise SystemExit("compare_with_mmdet: --train-losses / --ohem with --image need --gt boxes")
 
     report = {"checkpoint": os.path.abspath(args.checkpoint), "mmdet_config": args.mmdet_config,
               "architecture": "Libra Faster R-CNN" if arch == "rcnn" else "Libra RetinaNet",
               "image_hw": list(rgb.shape[:2]), "image": args.image or "generated (tools/compare_with_mmdet.py)",
               "torch": torch.__version__, "reference_matcher": bool(args.reference_matcher)}
-    settings, anchor_info = [], None
-    if args.train_losses:
+    settings, anchor_info, retina_images, retina_gts, cases = [], None, None, None, []
+    if args.train_losses and arch == "retinanet":
+        rgb2, gt2 = second_image(rgb, gt)
+        retina_images, retina_gts = [rgb, rgb2], [gt, gt2]
+        report["gt"] = retina_gts
+        report["image_hw"] = [list(x.shape[:2]) for x in retina_images]
+    if args.ohem:
+        cases = ohem_cases(rgb.shape[:2], gt)
+        report["gt"] = gt
+    if args.train_losses and arch == "rcnn":
         settings, anchors, anchor_info = loss_settings(cfg, converted, build_model, rgb, gt)
         report["gt"] = gt
         report["rpn_anchors"] = anchor_info
@@ -333,12 +508,22 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as io_dir:
         np.save(os.path.join(io_dir, "image_bgr.npy"), np.ascontiguousarray(rgb[:, :, ::-1]))
         np.save(os.path.join(io_dir, "priority.npy"), priority.numpy())
-        json.dump({"train_losses": bool(settings), "gt": gt, "settings": settings},
-                  open(os.path.join(io_dir, "request.json"), "w"))
+        request = {"train_losses": bool(settings), "gt": gt, "settings": settings}
+        if retina_images:
+            np.save(os.path.join(io_dir, "image1_bgr.npy"), np.ascontiguousarray(retina_images[1][:, :, ::-1]))
+            request.update(n_images=2, gts=retina_gts, retinanet_losses=[
+                {"name": name, "images": idx} for name, idx, keys in RETINANET_SETTINGS if not keys])
+        if cases:
+            request["ohem"] = cases
+        json.dump(request, open(os.path.join(io_dir, "request.json"), "w"))
         ref_arrays, ref_json = run_reference(args.mmdet_python, args.mmdet_config, os.path.abspath(args.checkpoint),
                                              io_dir)
     ours = libra_side(arch, cfg, converted, build_model, rgb, gt, settings, priority)
     report["mmdet_version"] = ref_json.get("mmdet_version")
+    if retina_images:
+        ours_retina = libra_retinanet_losses(cfg, converted, build_model, retina_images, retina_gts)
+    if cases:
+        ours_ohem = {c["name"]: libra_ohem(cfg, converted, build_model, rgb, gt, c) for c in cases}
 
     ref_neck = [ref_arrays[f"neck{i}"] for i in range(sum(k.startswith("neck") for k in ref_arrays))]
     neck = [compare_tensors(r, o) for r, o in zip(ref_neck, ours["neck"])]
@@ -354,13 +539,40 @@ def main(argv=None):
                                        "rpn_sampled_total": sampled["rpn_positive"] + sampled["rpn_negative"],
                                        "max_rel": max(t.get("rel", float("inf")) for t in entry.values())}
 
+    if retina_images:
+        report["retinanet_losses"] = {}
+        for name, idx, keys in RETINANET_SETTINGS:
+            ref = ref_json["retinanet_losses"][name.replace("_reference_keys", "")]
+            ours_s = ours_retina[name]
+            scale = ours_s["targets"]["normalizer"] / ref["targets"]["avg_factor"]
+            report["retinanet_losses"][name] = {
+                "images": idx, "libra_d2_keys": keys,
+                "raw": compare_scaled_losses(ref["terms"], ours_s["terms"], 1.0),
+                "equal_normaliser": compare_scaled_losses(ref["terms"], ours_s["terms"], scale),
+                "targets": {"reference": ref["targets"], "libra_d2": ours_s["targets"]},
+            }
+        report["retinanet_matching_differences"] = retinanet_matching(cfg, converted, build_model, rgb, gt)
+    if cases:
+        report["ohem"] = {c["name"]: dict(compare_choices(ref_json["ohem"][c["name"]], ours_ohem[c["name"]]),
+                                          proposals=len(c["proposals"]))
+                          for c in cases}
     checks = {"neck": report["neck"]["max_rel"] is not None and report["neck"]["max_rel"] <= args.neck_tol
               and len(ref_neck) == len(ours["neck"]),
               "detections": report["detections"]["matched"] == report["detections"]["n_reference"]
               == report["detections"]["n_libra_d2"]}
     for name, entry in report["losses"].items():
         checks[f"losses_{name}"] = entry["max_rel"] <= args.loss_tol
+    for name, entry in report.get("retinanet_losses", {}).items():
+        # with the reference-training keys the raw terms agree; with detectron2's, the sums
+        # agree once the divisors are made equal where no anchor lies in a batch's padding
+        if entry["libra_d2_keys"]:
+            checks[f"retinanet_losses_{name}"] = _max_rel(entry["raw"]) <= args.loss_tol
+        elif len(entry["images"]) == 1:
+            checks[f"retinanet_losses_{name}_equal_normaliser"] = _max_rel(entry["equal_normaliser"]) <= args.loss_tol
+    for name, entry in report.get("ohem", {}).items():
+        checks[f"ohem_{name}"] = entry["positive"]["equal"] and entry["negative"]["equal"]
     report["checks"] = checks
+    report["provenance"] = provenance(seconds=round(time.time() - t0, 1))
     report["tolerances"] = {"iou": args.iou, "score": args.score_tol, "neck_rel": args.neck_tol,
                             "loss_rel": args.loss_tol}
     print(f"{report['architecture']} vs mmdetection {report['mmdet_version']}:")
@@ -373,6 +585,16 @@ def main(argv=None):
                           for k, v in entry["terms"].items())
         print(f"  losses [{name}] (RPN sampled {entry['rpn_sampled_total']}): max relative difference "
               f"{entry['max_rel']:.3g}; libra-d2/reference: {terms}")
+    for name, entry in report.get("retinanet_losses", {}).items():
+        t = entry["targets"]
+        print(f"  RetinaNet losses [{name}]: raw max relative difference {_max_rel(entry['raw']):.3g}, with equal "
+              f"divisors {_max_rel(entry['equal_normaliser']):.3g}; divisor {t['libra_d2']['normalizer']:.4g} here, "
+              f"{t['reference']['avg_factor']:.4g} there; foreground {t['libra_d2']['foreground']}/"
+              f"{t['reference']['foreground']}")
+    for name, entry in report.get("ohem", {}).items():
+        print(f"  OHEM [{name}, {entry['proposals']} proposals]: positives {entry['positive']['common']} common of "
+              f"{entry['positive']['reference']}/{entry['positive']['libra_d2']}, negatives "
+              f"{entry['negative']['common']} of {entry['negative']['reference']}/{entry['negative']['libra_d2']}")
     if anchor_info:
         print(f"  anchor-matching differences fire on these boxes: {report['matching_differences']['fires']}")
     print("  checks: " + ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in checks.items()))

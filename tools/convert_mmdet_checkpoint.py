@@ -124,6 +124,7 @@ def build_config(arch, state_dict):
         cfg.MODEL.RESNETS.NUM_GROUPS = groups
         cfg.MODEL.RESNETS.WIDTH_PER_GROUP = w.shape[0] // groups
     cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
+    cfg.MODEL.LIBRA.REFERENCE_DECODER_CLAMP = True  # the reference's decoder bounds dw, dh at both ends
     cfg.MODEL.PIXEL_MEAN = list(REF_PIXEL_MEAN)
     cfg.MODEL.PIXEL_STD = list(REF_PIXEL_STD)
     cfg.INPUT.FORMAT = "RGB"

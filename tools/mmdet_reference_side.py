@@ -55,17 +55,76 @@ def _build(config, checkpoint=None, overrides=None):
 
 
 def _sample(image_bgr, gt=None):
+    return _batch([image_bgr], None if gt is None else [gt])
+
+
+def _batch(images_bgr, gts=None):
+    """mmdetection's model input for these images (and ground truth): the data preprocessor
+    pads the batch and sets each image's own padded shape, as in its training loop."""
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
 
-    h, w = image_bgr.shape[:2]
-    ds = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0),
-                                     pad_shape=(h, w), batch_input_shape=(h, w), img_id=0))
-    if gt is not None:
-        ds.gt_instances = InstanceData(bboxes=torch.tensor(gt["boxes"], dtype=torch.float32).reshape(-1, 4),
-                                       labels=torch.tensor(gt["classes"], dtype=torch.long))
-    inputs = torch.from_numpy(np.ascontiguousarray(image_bgr.transpose(2, 0, 1)))
-    return {"inputs": [inputs], "data_samples": [ds]}
+    inputs, samples = [], []
+    for i, image_bgr in enumerate(images_bgr):
+        h, w = image_bgr.shape[:2]
+        ds = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0),
+                                         pad_shape=(h, w), batch_input_shape=(h, w), img_id=i))
+        if gts is not None:
+            ds.gt_instances = InstanceData(bboxes=torch.tensor(gts[i]["boxes"], dtype=torch.float32).reshape(-1, 4),
+                                           labels=torch.tensor(gts[i]["classes"], dtype=torch.long))
+        inputs.append(torch.from_numpy(np.ascontiguousarray(image_bgr.transpose(2, 0, 1))))
+        samples.append(ds)
+    return {"inputs": inputs, "data_samples": samples}
+
+
+def _retinanet_losses(model, images, gts):
+    """RetinaNet's loss terms through the head's own ``loss_by_feat``, with what its targets
+    held: foreground anchors, anchors of zero weight (ignored or outside an image's area),
+    and the loss divisor (``avg_factor``)."""
+    seen = {}
+    head = model.bbox_head
+    original = head.get_targets
+
+    def get_targets(*args, **kwargs):
+        out = original(*args, **kwargs)
+        labels = torch.cat([x.flatten() for x in out[0]])
+        weights = torch.cat([x.flatten() for x in out[1]])
+        seen.update(foreground=int(((labels >= 0) & (labels < head.num_classes) & (weights > 0)).sum()),
+                    zero_weight=int((weights == 0).sum()), anchors=int(labels.numel()), avg_factor=float(out[4]))
+        return out
+
+    head.get_targets = get_targets
+    data = model.data_preprocessor(_batch(images, gts), training=True)
+    losses = model.loss(data["inputs"], data["data_samples"])
+    terms = {k: float(sum(v) if isinstance(v, (list, tuple)) else v) for k, v in losses.items()}
+    seen["pad_shapes"] = [list(ds.metainfo["pad_shape"]) for ds in data["data_samples"]]
+    seen["batch_input_shape"] = list(data["data_samples"][0].metainfo["batch_input_shape"])
+    return terms, seen
+
+
+def _ohem_choice(model, image, gt, proposals):
+    """The boxes the RoI head's own sampler (``OHEMSampler`` via the config) takes for the
+    given proposals: its ``sample`` is wrapped to record the result, nothing re-implemented."""
+    from mmengine.structures import InstanceData
+
+    roi_head = model.roi_head
+    sampler = roi_head.bbox_sampler
+    original = sampler.sample
+    seen = {}
+
+    def sample(*args, **kwargs):
+        result = original(*args, **kwargs)
+        seen.update(positive=result.pos_priors.detach().numpy().tolist(),
+                    negative=result.neg_priors.detach().numpy().tolist(), sampler=type(sampler).__name__)
+        return result
+
+    sampler.sample = sample
+    data = model.data_preprocessor(_sample(image, gt), training=True)
+    feats = model.extract_feat(data["inputs"])
+    rpn = InstanceData(bboxes=torch.tensor(proposals, dtype=torch.float32),
+                       scores=torch.zeros(len(proposals)), labels=torch.zeros(len(proposals), dtype=torch.long))
+    roi_head.loss(feats, [rpn], data["data_samples"])
+    return seen
 
 
 def _patch_random_draws(priority):
@@ -112,6 +171,22 @@ def run(args):
                 v = sum(v) if isinstance(v, (list, tuple)) else v
                 terms[k] = float(v.detach().float().sum())
             out["losses"][setting["name"]] = terms
+    if req.get("retinanet_losses"):
+        extra = [np.load(os.path.join(args.io, f"image{i}_bgr.npy")) for i in range(1, req.get("n_images", 1))]
+        all_images = [image] + extra
+        out["retinanet_losses"] = {}
+        for setting in req["retinanet_losses"]:
+            torch.manual_seed(0)
+            model = _build(args.config, args.checkpoint).train()
+            idx = setting["images"]
+            terms, seen = _retinanet_losses(model, [all_images[i] for i in idx], [req["gts"][i] for i in idx])
+            out["retinanet_losses"][setting["name"]] = {"terms": terms, "targets": seen}
+    if req.get("ohem"):
+        out["ohem"] = {}
+        for case in req["ohem"]:
+            torch.manual_seed(0)
+            model = _build(args.config, args.checkpoint, case["mmdet_overrides"]).train()
+            out["ohem"][case["name"]] = _ohem_choice(model, image, req["gt"], case["proposals"])
     np.savez(os.path.join(args.io, "reference.npz"), **out_arrays)
     json.dump(out, open(os.path.join(args.io, "reference.json"), "w"), indent=1)
 

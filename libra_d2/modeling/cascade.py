@@ -1,8 +1,8 @@
 """LibraCascadeROIHeads: detectron2's CascadeROIHeads with Libra R-CNN's sampling and loss."""
-from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY
 from detectron2.modeling.roi_heads.cascade_rcnn import CascadeROIHeads
 
+from .box_transform import make_box2box_transform
 from .fast_rcnn import LibraFastRCNNOutputLayers
 from .roi_heads import LibraSamplingMixin
 
@@ -37,7 +37,8 @@ class LibraCascadeROIHeads(LibraSamplingMixin, CascadeROIHeads):
     def _init_box_head(cls, cfg, input_shape):
         ret = super()._init_box_head(cfg, input_shape)
         ret["box_predictors"] = [
-            LibraFastRCNNOutputLayers(cfg, head.output_shape, box2box_transform=Box2BoxTransform(weights=w))
+            LibraFastRCNNOutputLayers(cfg, head.output_shape, box2box_transform=make_box2box_transform(
+                w, cfg.MODEL.LIBRA.REFERENCE_DECODER_CLAMP))
             for head, w in zip(ret["box_heads"], cfg.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS)
         ]
         return ret

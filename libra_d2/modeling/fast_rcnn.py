@@ -4,6 +4,7 @@ from detectron2.layers import nonzero_tuple
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 
 from ..config import check_choice, validate_balanced_l1_args
+from .box_transform import make_box2box_transform
 from .losses import balanced_l1_loss
 
 __all__ = ["LibraFastRCNNOutputLayers"]
@@ -15,7 +16,8 @@ class LibraFastRCNNOutputLayers(FastRCNNOutputLayers):
     The Balanced L1 loss is summed over the foreground proposals' deltas and divided by the
     number of sampled proposals (detectron2's normalisation); ``losses()`` then multiplies
     it by ``BBOX_REG_LOSS_WEIGHT``. Class-specific and class-agnostic regression are both
-    supported. Every other loss type is handled by detectron2 unchanged.
+    supported. Every other loss type is handled by detectron2 unchanged. With
+    ``MODEL.LIBRA.REFERENCE_DECODER_CLAMP`` the boxes decode with the reference's clamp.
     """
 
     @configurable
@@ -37,6 +39,8 @@ class LibraFastRCNNOutputLayers(FastRCNNOutputLayers):
         ret = super().from_config(cfg, input_shape)
         p = cfg.MODEL.LIBRA.BALANCED_L1
         ret.update(balanced_l1_alpha=p.ALPHA, balanced_l1_gamma=p.GAMMA, balanced_l1_beta=p.BETA)
+        if cfg.MODEL.LIBRA.REFERENCE_DECODER_CLAMP:  # same weights as detectron2 chose (cascade: the stage's)
+            ret["box2box_transform"] = make_box2box_transform(ret["box2box_transform"].weights, True)
         return ret
 
     def box_reg_loss(self, proposal_boxes, gt_boxes, pred_deltas, gt_classes):

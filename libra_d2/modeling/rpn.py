@@ -8,6 +8,7 @@ from detectron2.modeling.proposal_generator.rpn import RPN
 from detectron2.utils.events import get_event_storage
 
 from ..config import check_neg_pos_ub, require_libra_config, split_balanced_l1, validate_balanced_l1_args
+from .box_transform import make_box2box_transform
 from .losses import dense_balanced_l1_loss
 from .matcher import ReferenceMatcher
 from .sampling import random_subset_mask
@@ -46,6 +47,8 @@ class LibraRPN(RPN):
       with few positive anchors.)
     * ``MODEL.LIBRA.REFERENCE_MATCHER``: the reference's low-quality matching rule
       (:class:`~libra_d2.modeling.matcher.ReferenceMatcher`, minimum IoU ``MODEL.LIBRA.RPN_MIN_POS_IOU``).
+    * ``MODEL.LIBRA.REFERENCE_DECODER_CLAMP``: the reference's decoding clamp for the proposals
+      (:class:`~libra_d2.modeling.box_transform.ReferenceClampBox2BoxTransform`).
     * ``MODEL.RPN.BBOX_REG_LOSS_TYPE: balanced_l1``: Balanced L1 on the anchor deltas with
       ``MODEL.LIBRA.RPN_BALANCED_L1``, under the same normaliser, scaled by its loss weight.
     """
@@ -69,6 +72,8 @@ class LibraRPN(RPN):
             ret["anchor_matcher"] = ReferenceMatcher(cfg.MODEL.RPN.IOU_THRESHOLDS, cfg.MODEL.RPN.IOU_LABELS,
                                                      min_low_quality_iou=cfg.MODEL.LIBRA.RPN_MIN_POS_IOU)
         ret["balanced_l1"] = params
+        ret["box2box_transform"] = make_box2box_transform(cfg.MODEL.RPN.BBOX_REG_WEIGHTS,
+                                                          cfg.MODEL.LIBRA.REFERENCE_DECODER_CLAMP)
         return ret
 
     def _subsample_labels(self, label):
