@@ -28,6 +28,7 @@ def get_parser():
     p.add_argument("--config-file", required=True, metavar="FILE")
     p.add_argument("--num-images", type=int, default=64)
     p.add_argument("--output", default="output/sampling.png", help="PNG to write")
+    p.add_argument("--json", help="also write the table as data (with the weights, settings and provenance)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
     return p
@@ -157,6 +158,18 @@ def main(argv=None):
         print(f"| {name:<13} | {r['count']:5d} | {r['mean_iou']:.3f}    | {r['zero_share']:.3f}   | {shares} |")
     print("* IoU >= the image's upper edge, or an image without objects (no bins: every proposal has IoU 0)")
     print(f"plot written to {args.output}")
+    if args.json:
+        import json
+
+        from libra_d2.utils.provenance import provenance
+
+        data = {"config_file": args.config_file, "opts": list(args.opts), "weights": cfg.MODEL.WEIGHTS,
+                "num_images": args.num_images, "seed": args.seed, "bin_edges_median": edges, "rows": rows,
+                "provenance": provenance()}
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)) or ".", exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(data, f, indent=1)
+        print(f"data written to {args.json}")
     return rows
 
 
