@@ -71,6 +71,28 @@ TARGETS = {
 }
 
 
+def bench_table(results) -> str:
+    """The markdown table of a results dict: every scalar figure, its target and whether it is met."""
+    lines = [f"| {'figure':<34} | {'value':>9} | {'target':>8} | ok  |", f"|{'-' * 36}|{'-' * 11}|{'-' * 10}|-----|"]
+    for k, v in results.items():
+        if k in ("machine", "provenance") or isinstance(v, (list, dict)):
+            continue
+        target = TARGETS.get(k)
+        if isinstance(v, bool):
+            checked = k in TARGETS  # facts such as cpu_bf16_native are reported, not checked
+            lines.append(f"| {k:<34} | {str(v):>9} | {'True' if checked else '':>8} | "
+                         f"{('yes' if v else 'NO') if checked else '':<3} |")
+            continue
+        ok = ""
+        tgt = ""
+        if target:
+            op, bound = target
+            ok = "yes" if (v >= bound if op == ">=" else v <= bound) else "NO"
+            tgt = f"{op}{bound:g}"
+        lines.append(f"| {k:<34} | {v:9.3f} | {tgt:>8} | {ok:<3} |")
+    return "\n".join(lines)
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -601,24 +623,7 @@ def main(argv=None):
         return results
     m = results["machine"]
     print(f"\nmachine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, device {m['device']}" + (f" ({m['gpu']})" if "gpu" in m else ""))
-    print(f"| {'figure':<34} | {'value':>9} | {'target':>8} | ok  |")
-    print(f"|{'-' * 36}|{'-' * 11}|{'-' * 10}|-----|")
-    for k, v in results.items():
-        if k in ("machine", "provenance") or isinstance(v, (list, dict)):
-            continue
-        target = TARGETS.get(k)
-        if isinstance(v, bool):
-            checked = k in TARGETS  # facts such as cpu_bf16_native are reported, not checked
-            print(f"| {k:<34} | {str(v):>9} | {'True' if checked else '':>8} | "
-                  f"{('yes' if v else 'NO') if checked else '':<3} |")
-            continue
-        ok = ""
-        tgt = ""
-        if target:
-            op, bound = target
-            ok = "yes" if (v >= bound if op == ">=" else v <= bound) else "NO"
-            tgt = f"{op}{bound:g}"
-        print(f"| {k:<34} | {v:9.3f} | {tgt:>8} | {ok:<3} |")
+    print(bench_table(results))
     print(f"\nwritten to {args.output}")
     return results
 

@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """Print (or check) the README's results tables from the committed data files.
 
-    python tools/results_tables.py            # print the generated block
-    python tools/results_tables.py --write    # replace the block in README.md
-    python tools/results_tables.py --check    # exit 1 if README.md's block differs
+    python tools/results_tables.py            # print the generated blocks
+    python tools/results_tables.py --write    # replace the blocks in README.md and docs/performance.md
+    python tools/results_tables.py --check    # exit 1 if a block differs
 
-The block sits between ``<!-- results:begin -->`` and ``<!-- results:end -->`` in README.md.
+README.md's block sits between ``<!-- results:begin -->`` and ``<!-- results:end -->``;
+docs/performance.md's (``<!-- bench:begin -->`` ... ``<!-- bench:end -->``) holds one table per
+committed bench file, ``docs/bench/*.json`` (``make bench``'s output, one file per machine).
 Per configuration: seeds, mean ± sample std of box AP (proposal recall for proposal-only
 models), the commits and processors the runs record; then each paired comparison the data
 allow, with the pairing rule of the ablation report (one processor class, one commit or
@@ -111,10 +113,44 @@ def generate():
     return "\n".join(lines) + "\n"
 
 
+def bench_files():
+    folder = os.path.join(ROOT, "docs", "bench")
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".json")) \
+        if os.path.isdir(folder) else []
+
+
+def generate_bench():
+    """One table per committed bench file, headed by where and from what it was measured."""
+    from benchmarks.run_all import bench_table
+
+    parts = []
+    for path in bench_files():
+        with open(path) as f:
+            res = json.load(f)
+        prov, mach = res.get("provenance") or {}, res.get("machine") or {}
+        proc = prov.get("processor") or {}
+        flags = ", ".join(proc.get("flags") or []) or "none"
+        commit = (prov.get("commit") or "unknown")[:7] + ("" if prov.get("clean") else ", tree not clean")
+        versions = prov.get("versions") or {}
+        parts.append(f"`docs/bench/{os.path.basename(path)}`: {proc.get('model', mach.get('cpu', '?'))} (torch CPU "
+                     f"capability {proc.get('cpu_capability', '?')}; flags: {flags}), {mach.get('cores', '?')} cores, "
+                     f"{prov.get('threads', '?')} threads, torch {versions.get('torch', '?')}, device "
+                     f"{mach.get('device', '?')}, commit {commit}\n\n{bench_table(res)}\n")
+    return "\n".join(parts)
+
+
+BLOCKS = [("README.md", "results", generate), (os.path.join("docs", "performance.md"), "bench", generate_bench)]
+
+
+def block_of(text, tag="results", where="README.md"):
+    begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
+    if begin not in text or end not in text:
+        raise SystemExit(f"{where} has no {begin} ... {end} block")
+    return text.split(begin, 1)[1].split(end, 1)[0].strip("\n") + "\n"
+
+
 def readme_block(text):
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"README.md has no {BEGIN} ... {END} block")
-    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n") + "\n"
+    return block_of(text)
 
 
 def main(argv=None):
@@ -122,24 +158,26 @@ def main(argv=None):
     ap.add_argument("--write", action="store_true")
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args(argv)
-    block = generate()
-    path = os.path.join(ROOT, "README.md")
-    with open(path) as f:
-        text = f.read()
-    if args.check:
-        if readme_block(text) != block:
-            print("README.md's results block differs from the data; run tools/results_tables.py --write",
-                  file=sys.stderr)
-            return 1
-        return 0
-    if args.write:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
-        with open(path, "w") as f:
-            f.write(f"{head}{BEGIN}\n{block}{END}{tail}")
-        return 0
-    print(block, end="")
-    return 0
+    status = 0
+    for rel, tag, make in BLOCKS:
+        block = make()
+        path = os.path.join(ROOT, rel)
+        with open(path) as f:
+            text = f.read()
+        if args.check:
+            if block_of(text, tag, rel) != block:
+                print(f"{rel}'s {tag} block differs from the data; run tools/results_tables.py --write", file=sys.stderr)
+                status = 1
+        elif args.write:
+            begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
+            block_of(text, tag, rel)
+            head, rest = text.split(begin, 1)
+            tail = rest.split(end, 1)[1]
+            with open(path, "w") as f:
+                f.write(f"{head}{begin}\n{block}{end}{tail}")
+        else:
+            print(f"--- {rel} ({tag})\n{block}", end="")
+    return status
 
 
 if __name__ == "__main__":
