@@ -126,7 +126,9 @@ def main(argv=None):
     import matplotlib.pyplot as plt
 
     from libra_d2.config import get_libra_cfg
+    from libra_d2.utils.provenance import provenance
 
+    prov = provenance()  # before anything is written (the PNG may sit inside the repository)
     cfg = get_libra_cfg(args.config_file, args.opts)
     cfg.freeze()
     sets, bins, hi, lo, k, bg = collect(cfg, args.num_images, args.seed)
@@ -161,11 +163,9 @@ def main(argv=None):
     if args.json:
         import json
 
-        from libra_d2.utils.provenance import provenance
-
         data = {"config_file": args.config_file, "opts": list(args.opts), "weights": cfg.MODEL.WEIGHTS,
                 "num_images": args.num_images, "seed": args.seed, "bin_edges_median": edges, "rows": rows,
-                "provenance": provenance()}
+                "provenance": prov}
         os.makedirs(os.path.dirname(os.path.abspath(args.json)) or ".", exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(data, f, indent=1)
