@@ -37,3 +37,39 @@ def test_every_figure_of_the_results_section_comes_from_the_data(tmp_path):
     assert results_tables.readme_block(edited) != generated
     assert _figures(_section(text.replace("None of this predicts", "Libra gains 3.14 AP. None of this predicts"))) \
         - _figures(generated) == {"3.14"}
+
+
+def _bf16_figures():
+    """Every figure the bfloat16-accuracy paragraph may quote, from docs/ablation_cpu_bf16.json."""
+    from libra_d2.analysis.ablation import paired_difference, summarize_metric
+
+    data = results_tables.load("ablation_cpu_bf16.json")
+    by = {}
+    for r in data["runs"]:
+        by.setdefault(r["name"], {})[r["seed"]] = r["metrics"]["AP"]
+    figs = set()
+    for runs in by.values():
+        s = summarize_metric(list(runs.values()))
+        figs |= {f"{s['mean']:.2f}", f"{s['std']:.2f}"} | {f"{v:.2f}" for v in runs.values()}
+    d = paired_difference(by["bf16"], by["baseline"])
+    figs |= {f"{d['mean']:+.2f}", f"{d['ci'][0]:+.2f}", f"{d['ci'][1]:+.2f}"}
+    return figs
+
+
+def _plain(figs):
+    return {f.lstrip("+") for f in figs}
+
+
+def test_every_figure_of_the_performance_page_comes_from_committed_data():
+    text = open(os.path.join(ROOT, "docs", "performance.md")).read()
+    generated = results_tables.generate_bench()
+    assert results_tables.bench_files(), "no committed bench file (docs/bench/*.json)"
+    assert results_tables.block_of(text, "bench", "docs/performance.md") == generated
+    allowed = _plain(_figures(generated)) | _plain(_bf16_figures()) | {"0.5"}  # 0.5: an IoU in a definition
+    stray = sorted(_plain(_figures(text)) - allowed)
+    assert not stray, f"figures in docs/performance.md that no committed data give: {stray}"
+    # the checks can fail: a hand-edited ratio in the table, or a figure added to the prose
+    ratio = re.search(r"\| train_iter_ratio +\| +(\d+\.\d+)", generated).group(1)
+    edited = text.replace(ratio, f"{float(ratio) + 0.1:.3f}", 1)
+    assert results_tables.block_of(edited, "bench", "docs/performance.md") != generated
+    assert _plain(_figures(text.replace("## OHEM's cost", "## OHEM's cost\n\nIt costs 1.234x."))) - allowed == {"1.234"}

@@ -139,7 +139,28 @@ def generate_bench():
     return "\n".join(parts)
 
 
-BLOCKS = [("README.md", "results", generate), (os.path.join("docs", "performance.md"), "bench", generate_bench)]
+def generate_sampling():
+    """docs/tools.md's table of the box head's negatives (tools/plot_sampling.py --json)."""
+    data = load("sampling_negatives.json")
+    if not data:
+        return "(no docs/sampling_negatives.json)\n"
+    edges = data["bin_edges_median"]
+    k = len(edges) - 1
+    head = " | ".join(f"bin{i} [{edges[i]:.2f}, {edges[i + 1]:.2f})" for i in range(k))
+    lines = [f"| negatives | count | mean IoU | IoU = 0 | {head} | outside bins* |", "|" + "---|" * (k + 5)]
+    for name in ("all", "uniform", "iou_balanced"):
+        r = data["rows"][name]
+        shares = " | ".join(f"{v:.3f}" for v in r["shares"])
+        lines.append(f"| {name} | {r['count']} | {r['mean_iou']:.3f} | {r['zero_share']:.3f} | {shares} |")
+    prov = data["provenance"]
+    lines += ["", f"(`docs/sampling_negatives.json`: {data['num_images']} training images, weights "
+              f"`{'/'.join(data['weights'].split('/')[-3:-1])}` of the headline runs, code at commit "
+              f"{prov['commit'][:7]}, {prov['processor']['model']})"]
+    return "\n".join(lines) + "\n"
+
+
+BLOCKS = [("README.md", "results", generate), (os.path.join("docs", "performance.md"), "bench", generate_bench),
+          (os.path.join("docs", "tools.md"), "sampling", generate_sampling)]
 
 
 def block_of(text, tag="results", where="README.md"):
