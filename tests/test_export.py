@@ -279,3 +279,41 @@ def test_export_rejects_unsupported_models(libra_cfg):
 
     with pytest.raises(TypeError, match="cannot export Linear"):
         ExportableDetector(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("config", CONFIGS[:2])
+def test_exports_follow_the_reference_decoder_clamp(libra_cfg, tmp_path, config):
+    """MODEL.LIBRA.REFERENCE_DECODER_CLAMP (converted checkpoints): with box regressors that
+    shrink boxes below 1/62.5, the clamped model detects differently from the unclamped one,
+    and the traced module and the branch-free path (torch.export's) give the clamped model's
+    detections."""
+    def built(clamp):
+        cfg = libra_cfg(config, "MODEL.WEIGHTS", "", "MODEL.LIBRA.REFERENCE_DECODER_CLAMP", clamp)
+        torch.manual_seed(0)
+        model = build_model(cfg).eval()
+        with torch.no_grad():
+            if hasattr(model, "test_score_thresh"):
+                for p in model.head.parameters():
+                    p.normal_(0, 0.02)
+                model.head.bbox_pred.weight.normal_(0, 0.3)
+                model.head.bbox_pred.bias[2::4] = -5.0  # dw, dh below -log(62.5)
+                model.head.bbox_pred.bias[3::4] = -5.0
+                model.test_score_thresh = 0.0
+            else:
+                model.roi_heads.box_predictor.bbox_pred.weight.normal_(0, 0.3)
+                model.roi_heads.box_predictor.bbox_pred.bias.fill_(-25.0)  # dw, dh / 5 well below -log(62.5)
+        return cfg, model
+
+    cfg, model = built(True)
+    _, plain = built(False)
+    x = _example(cfg, CHECK_SIZES[0], seed=1)
+    ref = _eager(model, x)
+    assert not compare_detections(_eager(plain, x), ref)["all_matched"]  # the clamp changes detections here
+    traced = trace_detector(model, _example(cfg, TRACE_SIZE))
+    wrapper = ExportableDetector(model, branch_free=True)
+    for i, size in enumerate(CHECK_SIZES[:2]):
+        x = _example(cfg, size, seed=i + 1)
+        ref = _eager(model, x)
+        with torch.no_grad():
+            _assert_parity(ref, traced(x))
+            _assert_parity(ref, wrapper(x))
