@@ -73,3 +73,26 @@ def test_every_figure_of_the_performance_page_comes_from_committed_data():
     edited = text.replace(ratio, f"{float(ratio) + 0.1:.3f}", 1)
     assert results_tables.block_of(edited, "bench", "docs/performance.md") != generated
     assert _plain(_figures(text.replace("## OHEM's cost", "## OHEM's cost\n\nIt costs 1.234x."))) - allowed == {"1.234"}
+
+
+def test_every_run_record_names_its_commit_and_processor():
+    """Each run of every docs/*.json names a commit (or "unknown" with the oldest commit that
+    holds it) and a processor (or "unknown"); tools/backfill_provenance.py completes old ones."""
+    import json
+
+    missing = []
+    for name in sorted(os.listdir(os.path.join(ROOT, "docs"))):
+        if not name.endswith(".json"):
+            continue
+        data = json.load(open(os.path.join(ROOT, "docs", name)))
+        if not isinstance(data, dict) or "runs" not in data:
+            continue
+        for r in data["runs"]:
+            prov = r.get("provenance") or {}
+            commit = prov.get("commit") or r.get("commit")
+            ok_commit = bool(commit) and (commit != "unknown" or r.get("commit_at_or_before")) \
+                and not str(commit).startswith("earlier")
+            ok_proc = bool((prov.get("processor") or {}).get("model") or r.get("processor"))
+            if not (ok_commit and ok_proc):
+                missing.append(f"{name}: {r.get('name')} seed {r.get('seed')}")
+    assert not missing, missing
