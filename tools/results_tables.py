@@ -136,7 +136,7 @@ def generate_bench():
                      f"capability {proc.get('cpu_capability', '?')}; flags: {flags}), {mach.get('cores', '?')} cores, "
                      f"{prov.get('threads', '?')} threads, torch {versions.get('torch', '?')}, device "
                      f"{mach.get('device', '?')}, commit {commit}\n\n{bench_table(res)}\n")
-    return "\n".join(parts)
+    return "\n".join(parts) if parts else "(no committed bench file)\n"
 
 
 def generate_sampling():
