@@ -30,6 +30,8 @@ ROWS = [
     ("Faster R-CNN", "ablation_headline_amd.json", "baseline"),
     ("Libra R-CNN", "ablation_headline_amd.json", "libra"),
     ("+ balanced sampling only", "ablation_headline_amd.json", "sampling"),
+    ("Faster R-CNN, small RegNet-FPN", "ablation_regnet_amd.json", "baseline"),
+    ("Libra R-CNN, small RegNet-FPN", "ablation_regnet_amd.json", "libra"),
     ("Faster R-CNN (earlier runs)", "ablation_headline.json", "baseline"),
     ("Libra R-CNN (earlier runs)", "ablation_headline.json", "libra"),
     ("+ balanced sampling only (earlier runs)", "ablation_headline.json", "sampling"),
@@ -42,6 +44,7 @@ ROWS = [
 PAIRS = [
     ("Libra R-CNN vs Faster R-CNN", "ablation_headline_amd.json", "libra", "baseline"),
     ("balanced sampling vs Faster R-CNN", "ablation_headline_amd.json", "sampling", "baseline"),
+    ("Libra R-CNN vs Faster R-CNN, small RegNet-FPN", "ablation_regnet_amd.json", "libra", "baseline"),
     ("Libra R-CNN vs Faster R-CNN (earlier runs)", "ablation_headline.json", "libra", "baseline"),
     ("balanced sampling vs Faster R-CNN (earlier runs)", "ablation_headline.json", "sampling", "baseline"),
     ("Libra RetinaNet vs RetinaNet (earlier runs)", "ablation_retinanet_cpu.json", "retinanet_libra",
