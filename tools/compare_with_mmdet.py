@@ -316,7 +316,7 @@ def libra_retinanet_losses(cfg, converted, build_model, images, gts):
                 feats = model.backbone(batch.tensor)
                 anchors = model.anchor_generator([feats[f] for f in model.head_in_features])
                 labels = torch.stack(model.label_anchors(anchors, [x["instances"] for x in inputs])[0])
-        out[name] = {"terms": {k: float(v) for k, v in losses.items()}, "keys": keys,
+        out[name] = {"terms": {k: float(v.detach()) for k, v in losses.items()}, "keys": keys,
                      "targets": {"foreground": int(((labels >= 0) & (labels != model.num_classes)).sum()),
                                  "ignored": int((labels == -1).sum()), "anchors": int(labels.numel()),
                                  "normalizer": model.last_loss_normalizer,
