@@ -260,11 +260,15 @@ def test_retinanet_padding_anchors_are_ignored_only_when_asked(libra_cfg):
     ref_labels, _ = plain.label_anchors(anchors, gts)
     assert torch.equal(labels[0], ref_labels[0])  # the image that fills the batch: nothing changes
     inside = model.anchors_inside_image(anchors, small)
-    centers = Boxes.cat(anchors).get_centers()
-    # by hand: a cell inside 128 x 160 (already multiples of 32) at every stride
-    strides = torch.cat([torch.full((len(a),), float(s)) for a, s in zip(anchors, model.anchor_generator.strides)])
-    by_hand = (torch.floor(centers[:, 1] / strides) < torch.ceil(128 / strides)) & \
-        (torch.floor(centers[:, 0] / strides) < torch.ceil(160 / strides))
+    # by hand, from the feature grids (anchors run row by row, A per cell): a cell inside
+    # 128 x 160 (already multiples of 32) at every stride
+    by_hand = []
+    for f, s in zip(model.head_in_features, model.anchor_generator.strides):
+        fh, fw = feats[f].shape[-2:]
+        rows, cols = torch.meshgrid(torch.arange(fh), torch.arange(fw), indexing="ij")
+        cell = (rows < math.ceil(128 / s)) & (cols < math.ceil(160 / s))
+        by_hand.append(cell.reshape(-1, 1).expand(-1, model.anchor_generator.num_cell_anchors[0]).reshape(-1))
+    by_hand = torch.cat(by_hand)
     assert torch.equal(inside, by_hand) and 0 < int(inside.sum()) < len(inside)
     assert bool((labels[1][~inside] == -1).all())
     assert bool((ref_labels[1][~inside] == model.num_classes).any())  # detectron2: background there

@@ -117,11 +117,12 @@ class LibraRetinaNet(RetinaNet):
         and column < ceil(W' / stride): the reference's valid-anchor rule."""
         div = max(int(self.backbone.size_divisibility), 1)
         h, w = (math.ceil(int(v) / div) * div for v in image_size)
+        offset = float(getattr(self.anchor_generator, "offset", 0.0))
         inside = []
         for boxes, stride in zip(anchors, self.anchor_generator.strides):
-            centers = boxes.get_centers()
-            row, col = torch.floor(centers[:, 1] / stride), torch.floor(centers[:, 0] / stride)
-            inside.append((row < math.ceil(h / stride)) & (col < math.ceil(w / stride)))
+            # an anchor's cell from its centre, (cell + offset) * stride up to float rounding
+            cell = torch.round(boxes.get_centers() / stride - offset)
+            inside.append((cell[:, 1] < math.ceil(h / stride)) & (cell[:, 0] < math.ceil(w / stride)))
         return torch.cat(inside)
 
     def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes):
