@@ -142,7 +142,7 @@ def _priority(n, seed=0):
     return torch.randperm(n, generator=g).double()
 
 
-def _load_converted(checkpoint, trust, reference_matcher=False):
+def _load_converted(checkpoint, trust, reference_matcher=False, decoder_clamp=True):
     from detectron2.modeling import build_model
 
     from libra_d2.utils.safe_load import load_checkpoint
@@ -154,6 +154,7 @@ def _load_converted(checkpoint, trust, reference_matcher=False):
     cfg = build_config(arch, sd)
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.LIBRA.REFERENCE_MATCHER = bool(reference_matcher)
+    cfg.MODEL.LIBRA.REFERENCE_DECODER_CLAMP = bool(decoder_clamp)
     return arch, cfg, converted, build_model
 
 
@@ -457,6 +458,8 @@ def main(argv=None):
     ap.add_argument("--trust-checkpoint", action="store_true", help="unpickle everything in --checkpoint")
     ap.add_argument("--reference-matcher", action="store_true",
                     help="libra-d2 side with MODEL.LIBRA.REFERENCE_MATCHER (the reference's low-quality matching)")
+    ap.add_argument("--detectron2-decoder", action="store_true",
+                    help="libra-d2 side without MODEL.LIBRA.REFERENCE_DECODER_CLAMP (detectron2's one-sided clamp)")
     ap.add_argument("-o", "--output", help="report json")
     args = ap.parse_args(argv)
 
@@ -478,7 +481,7 @@ def main(argv=None):
         gt = parse_gt(args.gt) if args.gt else {"boxes": boxes, "classes": classes}
     try:
         arch, cfg, converted, build_model = _load_converted(args.checkpoint, args.trust_checkpoint,
-                                                            args.reference_matcher)
+                                                            args.reference_matcher, not args.detectron2_decoder)
     except UntrustedCheckpointError as e:
         raise SystemExit(f"compare_with_mmdet: {e}") from None
     if args.ohem and arch != "rcnn":
@@ -489,7 +492,8 @@ def main(argv=None):
     report = {"checkpoint": os.path.abspath(args.checkpoint), "mmdet_config": args.mmdet_config,
               "architecture": "Libra Faster R-CNN" if arch == "rcnn" else "Libra RetinaNet",
               "image_hw": list(rgb.shape[:2]), "image": args.image or "generated (tools/compare_with_mmdet.py)",
-              "torch": torch.__version__, "reference_matcher": bool(args.reference_matcher)}
+              "torch": torch.__version__, "reference_matcher": bool(args.reference_matcher),
+              "reference_decoder_clamp": not args.detectron2_decoder}
     settings, anchor_info, retina_images, retina_gts, cases = [], None, None, None, []
     if args.train_losses and arch == "retinanet":
         rgb2, gt2 = second_image(rgb, gt)
