@@ -212,7 +212,7 @@ def libra_side(arch, cfg, converted, build_model, image_rgb, gt, settings, prior
             with EventStorage() as storage:
                 losses = model([{"image": x, "instances": gt_inst}])
                 hist = storage.latest()
-            out["losses"][s["name"]] = {k: float(v) for k, v in losses.items()}
+            out["losses"][s["name"]] = {k: float(v.detach()) for k, v in losses.items()}
             out["sampled"][s["name"]] = {"rpn_positive": int(hist["rpn/num_pos_anchors"][0]),
                                          "rpn_negative": int(hist["rpn/num_neg_anchors"][0])}
     finally:
