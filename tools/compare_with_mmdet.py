@@ -113,14 +113,7 @@ def compare_tensors(ref: np.ndarray, ours: np.ndarray) -> dict:
 
 def compare_losses(ref: dict, ours: dict) -> dict:
     """Term by term: libra-d2 name -> {reference, libra_d2, rel} (rel: |d| / |reference|)."""
-    out = {}
-    for d2_name, mm_name in LOSS_NAMES.items():
-        if d2_name not in ours or mm_name not in ref:
-            out[d2_name] = {"missing": d2_name not in ours and "libra_d2" or "reference"}
-            continue
-        a, b = float(ref[mm_name]), float(ours[d2_name])
-        out[d2_name] = {"reference": a, "libra_d2": b, "rel": abs(a - b) / abs(a) if a else abs(b)}
-    return out
+    return compare_scaled_losses(ref, ours, 1.0, LOSS_NAMES)
 
 
 def matching_differences(anchors: torch.Tensor, gt: torch.Tensor, min_pos_iou=0.3) -> dict:
