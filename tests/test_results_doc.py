@@ -96,3 +96,31 @@ def test_every_run_record_names_its_commit_and_processor():
             if not (ok_commit and ok_proc):
                 missing.append(f"{name}: {r.get('name')} seed {r.get('seed')}")
     assert not missing, missing
+
+
+def _config_figures():
+    """Figures the recipe section may quote: the values (not the comments) of the built-in configs."""
+    figs = set()
+    folder = os.path.join(ROOT, "configs", "builtin")
+    for name in os.listdir(folder):
+        if name.endswith(".yaml"):
+            text = "\n".join(line.split("#", 1)[0] for line in open(os.path.join(folder, name)))
+            figs |= _figures(text)
+    return figs
+
+
+def test_every_figure_of_the_results_page_comes_from_the_data():
+    """docs/results_builtin.md: the tables are tools/results_tables.py's, and outside them the
+    page quotes no figure but the recipe's config values."""
+    text = open(os.path.join(ROOT, "docs", "results_builtin.md")).read()
+    generated = results_tables.generate_results_page()
+    assert results_tables.block_of(text, "runs", "docs/results_builtin.md") == generated
+    allowed = _plain(_figures(generated)) | _plain(_config_figures())
+    stray = sorted(_plain(_figures(text)) - allowed)
+    assert not stray, f"figures in docs/results_builtin.md that no committed data give: {stray}"
+    # the checks can fail: a hand-edited mean in a table, or a figure added to the prose
+    first = re.search(r"\d+\.\d+ ± \d+\.\d+", generated).group(0)
+    edited = text.replace(first, first.replace(first[:5], f"{float(first[:5]) + 1:.2f}"), 1)
+    assert results_tables.block_of(edited, "runs", "docs/results_builtin.md") != generated
+    assert _plain(_figures(text.replace("## Reading them", "## Reading them\n\nLibra adds 7.77 AP."))) \
+        - allowed == {"7.77"}

@@ -162,8 +162,144 @@ def generate_sampling():
     return "\n".join(lines) + "\n"
 
 
+
+# docs/results_builtin.md: one section per data file. rows: (variant, label); pairs: (variant, its
+# baseline); task: which metrics ("bbox", "segm": mask AP from metrics_by_task, "box_proposals": AR).
+# Marks: † measured before the RPN loss normaliser fix (648d25b) in a config with the RPN negative cap;
+# ‡ the RetinaNet recipe before 7b4df18.
+PAGE_SECTIONS = [
+    dict(title="The headline set: Faster R-CNN, Libra R-CNN, balanced sampling alone",
+         file="ablation_headline_amd.json",
+         rows=[("baseline", "Faster R-CNN"), ("libra", "Libra R-CNN"), ("sampling", "+ balanced sampling only"),
+               ("rpn_cap", "+ RPN negative cap only"), ("ohem", "Faster R-CNN with OHEM")],
+         pairs=[("libra", "baseline"), ("sampling", "baseline"), ("libra", "sampling"), ("rpn_cap", "baseline"),
+                ("ohem", "baseline"), ("ohem", "sampling")]),
+    dict(title="A second backbone family: a small RegNet-FPN", file="ablation_regnet_amd.json",
+         rows=[("baseline", "Faster R-CNN, RegNet-FPN"), ("libra", "Libra R-CNN, RegNet-FPN")],
+         pairs=[("libra", "baseline")]),
+    dict(title="The RegNet-FPN recipe check (one seed)", file="ablation_regnet_recipe_amd.json",
+         rows=[("baseline", "Faster R-CNN, RegNet-FPN"), ("libra", "Libra R-CNN, RegNet-FPN")], pairs=[]),
+    dict(title="Earlier runs: each Libra component alone", file="ablation_builtin.json",
+         rows=[("baseline", "Faster R-CNN"), ("libra", "Libra R-CNN †"), ("sampling", "+ balanced sampling only"),
+               ("bfp", "+ BFP only"), ("balanced_l1", "+ Balanced L1 only"), ("rpn_cap", "+ RPN negative cap only †"),
+               ("retinanet_baseline", "RetinaNet ‡"), ("retinanet_libra", "Libra RetinaNet ‡")],
+         pairs=[("libra", "baseline"), ("sampling", "baseline"), ("bfp", "baseline"), ("balanced_l1", "baseline"),
+                ("rpn_cap", "baseline"), ("retinanet_libra", "retinanet_baseline")]),
+    dict(title="Earlier runs: after the RPN loss normaliser fix", file="ablation_rpn_normaliser.json",
+         rows=[("baseline", "Faster R-CNN"), ("libra", "Libra R-CNN"), ("rpn_cap", "+ RPN negative cap only")],
+         pairs=[("libra", "baseline"), ("rpn_cap", "baseline")]),
+    dict(title="Earlier runs: the first five-seed set (mixed commits and processors)", file="ablation_headline.json",
+         rows=[("baseline", "Faster R-CNN"), ("libra", "Libra R-CNN"), ("sampling", "+ balanced sampling only")],
+         pairs=[("libra", "baseline"), ("sampling", "baseline")]),
+    dict(title="Earlier runs: RoI samplers (random, the Libra pair, OHEM)", file="ablation_sampling.json",
+         rows=[("baseline", "random (Faster R-CNN)"), ("sampling", "the Libra pair"), ("ohem", "OHEM")],
+         pairs=[("sampling", "baseline"), ("ohem", "baseline"), ("ohem", "sampling")]),
+    dict(title="Earlier runs: the built-in RetinaNet recipe (since 7b4df18)", file="ablation_retinanet_cpu.json",
+         rows=[("retinanet_baseline", "RetinaNet"), ("retinanet_libra", "Libra RetinaNet")],
+         pairs=[("retinanet_libra", "retinanet_baseline")], class_agnostic=True),
+    dict(title="Earlier runs: RPN vs Libra RPN (proposal recall)", file="ablation_rpn.json", task="box_proposals",
+         rows=[("rpn_baseline", "RPN"), ("libra_rpn", "Libra RPN")], pairs=[("libra_rpn", "rpn_baseline")]),
+    dict(title="Earlier runs on a GPU: Cascade, Mask and Fast R-CNN (box AP)", file="ablation_heads_gpu.json",
+         rows=[("cascade_baseline", "Cascade R-CNN"), ("cascade_libra", "Libra Cascade R-CNN †"),
+               ("mask_baseline", "Mask R-CNN"), ("mask_libra", "Libra Mask R-CNN †"),
+               ("fast_baseline", "Fast R-CNN"), ("fast_libra", "Libra Fast R-CNN")],
+         pairs=[("cascade_libra", "cascade_baseline"), ("mask_libra", "mask_baseline"), ("fast_libra", "fast_baseline")]),
+    dict(title="Earlier runs on a GPU: Mask R-CNN's mask AP", file="ablation_heads_gpu.json", task="segm",
+         rows=[("mask_baseline", "Mask R-CNN"), ("mask_libra", "Libra Mask R-CNN †")],
+         pairs=[("mask_libra", "mask_baseline")]),
+    dict(title="Earlier runs on a GPU: RetinaNet, the recipe before 7b4df18", file="ablation_retinanet_gpu.json",
+         rows=[("retinanet_baseline", "RetinaNet ‡"), ("retinanet_libra", "Libra RetinaNet ‡")],
+         pairs=[("retinanet_libra", "retinanet_baseline")]),
+    dict(title="Earlier runs on CPU: Cascade R-CNN (one seed)", file="ablation_heads.json",
+         rows=[("cascade_baseline", "Cascade R-CNN"), ("cascade_libra", "Libra Cascade R-CNN †")], pairs=[]),
+]
+PAGE_METRICS = {"bbox": ("AP", "AP50", "AP75", "APs", "APm", "APl"), "segm": ("AP", "AP50", "AP75", "APs", "APm", "APl"),
+                "box_proposals": ("AR@100", "AR@1000", "ARs@100", "ARm@100", "ARl@100")}
+
+
+def _task_metrics(r, task):
+    if task == "segm":
+        return (r.get("metrics_by_task") or {}).get("segm")
+    return r.get("metrics")
+
+
+def _task_runs(data, variant, task):
+    out = []
+    for r in (data or {}).get("runs", []):
+        m = _task_metrics(r, task)
+        if r.get("name") == variant and m:
+            out.append(dict(r, metrics=m))
+    return out
+
+
+def _provenance_line(name, runs):
+    commits = ", ".join(sorted({_commit(r) for r in runs}))
+    procs = "; ".join(sorted({_processor(r) for r in runs}))
+    threads = sorted({str((r.get("provenance") or {}).get("threads") or r.get("threads") or "not recorded")
+                      for r in runs})
+    return f"Data: `docs/{name}`. Commits: {commits}. Processors: {procs}. Threads per run: {', '.join(threads)}."
+
+
+def _section(spec, equivalent):
+    name, task = spec["file"], spec.get("task", "bbox")
+    data = load(name)
+    metrics = PAGE_METRICS[task]
+    key = metrics[0]
+    rows = [(v, label, _task_runs(data, v, task)) for v, label in spec["rows"]]
+    rows = [(v, label, runs) for v, label, runs in rows if runs]
+    if not rows:
+        return None
+    out = [f"### {spec['title']}", "", _provenance_line(name, [r for _, _, rs in rows for r in rs]), ""]
+    extra = spec.get("class_agnostic")
+    head = ["config", "seeds"] + list(metrics) + (["class-agnostic AP"] if extra else []) + [f"{key} per seed"]
+    out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for v, label, runs in rows:
+        cells = [label, ", ".join(str(r["seed"]) for r in runs)]
+        cells += [_fmt(summarize_metric([r["metrics"].get(m) for r in runs])) for m in metrics]
+        if extra:
+            cells.append(_fmt(summarize_metric([(r.get("class_agnostic") or {}).get("AP") for r in runs])))
+        cells.append(", ".join(f"{r['metrics'][key]:.2f}" if r["metrics"].get(key) is not None else "n/a"
+                               for r in runs))
+        out.append("| " + " | ".join(cells) + " |")
+    labels = dict(spec["rows"])
+    comp = []
+    for v, base in spec.get("pairs", []):
+        runs_v, runs_b = _task_runs(data, v, task), _task_runs(data, base, task)
+        if not runs_v or not runs_b:
+            continue
+        rep = build_report(runs_v + runs_b, {v: base, base: None}, task=task, equivalent=equivalent)
+        d = rep["differences"][v]
+        dm = d[key]
+        why = sorted(set((d.get("unpaired") or {}).values()))
+        label = f"{labels[v]} vs {labels[base]}"
+        if dm["n"] == 0:
+            comp.append(f"| {label} | 0 | | | | not paired: {'; '.join(why)} |")
+            continue
+        ci = f"[{dm['ci'][0]:+.2f}, {dm['ci'][1]:+.2f}]" if dm["ci"] else "n/a"
+        per = ", ".join(f"{(_by_seed(runs_v, key)[s] - _by_seed(runs_b, key)[s]):+.2f}" for s in dm["seeds"])
+        note = f" ({len(d['unpaired'])} seed(s) not paired: {'; '.join(why)})" if why else ""
+        comp.append(f"| {label} | {dm['n']} | {dm['mean']:+.2f} | {ci} | {per} | {dm['verdict']}{note} |")
+    if comp:
+        out += ["", f"| comparison | pairs | Δ{key} | 95% interval | Δ{key} per paired seed | verdict |",
+                "|---|---|---|---|---|---|"] + comp
+    return "\n".join(out) + "\n"
+
+
+def _by_seed(runs, key):
+    return {r["seed"]: r["metrics"][key] for r in runs}
+
+
+def generate_results_page():
+    """docs/results_builtin.md's tables: every data file's runs with their provenance, and the
+    comparisons the pairing rule allows (or why it does not)."""
+    equivalent = identity_equivalence(load("seeded_identity.json") or [])
+    parts = [s for s in (_section(spec, equivalent) for spec in PAGE_SECTIONS) if s]
+    return "\n".join(parts)
+
+
 BLOCKS = [("README.md", "results", generate), (os.path.join("docs", "performance.md"), "bench", generate_bench),
-          (os.path.join("docs", "tools.md"), "sampling", generate_sampling)]
+          (os.path.join("docs", "tools.md"), "sampling", generate_sampling),
+          (os.path.join("docs", "results_builtin.md"), "runs", generate_results_page)]
 
 
 def block_of(text, tag="results", where="README.md"):
