@@ -7,8 +7,8 @@
 For each run of a data file (``{"runs": [...]}``) that records no commit, or a placeholder
 instead of one, the commit becomes ``"unknown"`` and ``commit_at_or_before`` names the
 oldest commit whose version of the file already holds that run (found with git log: the run
-trained at that commit or earlier). A run without a recorded processor gets one only where
-the commit that added its data names it (``NAMED`` below), with no capability or flags (so
+trained at that commit or earlier). A run without a recorded processor (or with ``"unknown"``) gets
+one only where its own ``machine`` field or the commit that added its data names it (``NAMED`` below), with no capability or flags (so
 it never pairs: the pairing rule needs the processor as the kernels see it); else
 ``"unknown"``. Records that have both are left as they are. Idempotent.
 """
@@ -45,6 +45,17 @@ def first_commit_holding(rel, name, seed):
     return None
 
 
+def _named_processor(rel, run):
+    """(model, where it was read): the run's own ``machine`` field (its text before the first
+    comma), else the commit message that added the file (NAMED), else unknown."""
+    if run.get("machine"):
+        return str(run["machine"]).split(",")[0].strip(), "the run's machine field"
+    model = NAMED.get(os.path.basename(rel))
+    if model:
+        return model, "the commit message that added this record"
+    return "unknown", "not recorded anywhere"
+
+
 def backfill(rel, data):
     changes = []
     for run in data.get("runs", []):
@@ -55,12 +66,12 @@ def backfill(rel, data):
             run["commit_at_or_before"] = before
             changes.append(f"{run.get('name')} seed {run.get('seed')}: commit {old!r} -> 'unknown', at or before {before}")
         prov = run.setdefault("provenance", {})
-        if not prov.get("processor") and not run.get("processor"):
-            model = NAMED.get(os.path.basename(rel), "unknown")
-            prov["processor"] = {"model": model, "cpu_capability": None, "flags": None,
-                                 "source": "the commit message that added this record" if model != "unknown" else
-                                 "not recorded anywhere"}
-            changes.append(f"{run.get('name')} seed {run.get('seed')}: processor -> {model!r}")
+        unnamed = (prov.get("processor") or {}).get("model") == "unknown"
+        if (not prov.get("processor") or unnamed) and not run.get("processor"):
+            model, source = _named_processor(rel, run)
+            if prov.get("processor") is None or model != "unknown":
+                prov["processor"] = {"model": model, "cpu_capability": None, "flags": None, "source": source}
+                changes.append(f"{run.get('name')} seed {run.get('seed')}: processor -> {model!r}")
     return changes
 
 
