@@ -149,3 +149,30 @@ def test_every_figure_of_the_results_page_comes_from_the_data():
     assert results_tables.block_of(edited, "runs", "docs/results_builtin.md") != generated
     assert _plain(_figures(text.replace("## Reading them", "## Reading them\n\nLibra adds 7.77 AP."))) \
         - allowed == {"7.77"}
+
+
+def test_every_figure_of_the_retinanet_investigation_comes_from_the_data():
+    """docs/retinanet_investigation.md: its table is tools/results_tables.py's, and the prose
+    around it quotes no figure but the recipe's config values."""
+    text = open(os.path.join(ROOT, "docs", "retinanet_investigation.md")).read()
+    generated = results_tables.generate_retinanet_trials()
+    where = "docs/retinanet_investigation.md"
+    assert "right class" in generated and results_tables.block_of(text, "trials", where) == generated
+    allowed = _plain(_figures(generated)) | _plain(_config_figures())
+    stray = sorted(_plain(_figures(text)) - allowed)
+    assert not stray, f"figures in {where} that no committed data give: {stray}"
+    # the checks can fail: an edited AP in the table, or a figure added to the prose
+    first = re.search(r"\| (\d+\.\d+) \(", generated).group(1)
+    edited = text.replace(f"| {first} (", f"| {float(first) + 1:.2f} (", 1)
+    assert results_tables.block_of(edited, "trials", where) != generated
+    assert _plain(_figures(text + "\nThe head adds 3.33 AP.\n")) - allowed == {"3.33"}
+    # whole numbers of two digits or more (counts, iterations) too
+    ints = _integers(generated) | _integers("\n".join(
+        line.split("#", 1)[0] for name in os.listdir(os.path.join(ROOT, "configs", "builtin")) if name.endswith(".yaml")
+        for line in open(os.path.join(ROOT, "configs", "builtin", name))))
+    assert not sorted(_integers(text) - ints), sorted(_integers(text) - ints)
+    assert _integers(text + "\npositive anchors: 4242 per image.\n") - ints == {"4242"}
+
+
+def _integers(text):
+    return set(re.findall(r"(?<![\w.])\d{2,}(?![\w.])", text.replace(",", "")))

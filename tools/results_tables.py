@@ -316,9 +316,57 @@ def generate_results_page():
     return "\n".join(parts)
 
 
+def _short_opts(opts):
+    """A trial's options as `KEY VALUE` pairs, keys without their first component; an anchor-size
+    list is shortened to its smallest size."""
+    out = []
+    for k, v in zip(opts[::2], opts[1::2]):
+        if k.endswith("ANCHOR_GENERATOR.SIZES"):
+            v = "from " + v.strip("[]").split(",")[0] + " px"
+        out.append(f"`{k.split('.', 1)[-1]} {v}`")
+    return " ".join(out) or "(the config as it is)"
+
+
+def generate_retinanet_trials():
+    """docs/retinanet_investigation.md's table: each RetinaNet recipe trial of
+    docs/retinanet_trials.json with its config, options, where it ran, box AP at every
+    evaluation, the final class-aware and class-agnostic AP (AP50), and per class how many found
+    objects (IoU >= the confusion's threshold) got the right class."""
+    data = load("retinanet_trials.json")
+    if not data:
+        return "(no docs/retinanet_trials.json)\n"
+    lines = ["| trial | config, options | commit, detectron2, where, threads, wall | box AP at iteration | "
+             "final AP (AP50) | class-agnostic AP (AP50) | right class / found, per class |",
+             "|---|---|---|---|---|---|---|"]
+    notes = []
+    for t in data["trials"]:
+        aps = ", ".join(f"{it}: {m['AP']:.2f}" for it, m in t["box_AP_at_iteration"].items())
+        aware, agn, conf = t.get("final_class_aware"), t.get("final_class_agnostic"), t.get("final_confusion")
+        fin = f"{aware['AP']:.2f} ({aware['AP50']:.2f})" if aware else "not evaluated"
+        ag = f"{agn['AP']:.2f} ({agn['AP50']:.2f})" if agn else "not evaluated"
+        right = "n/a"
+        if conf:
+            cells = []
+            for i, (cls, row) in enumerate(zip(conf["classes"], conf["matrix"])):
+                found = sum(row[:len(conf["classes"])])
+                cells.append(f"{cls} {row[i]}/{found}")
+            right = ", ".join(cells)
+        where = t.get("machine") or "see the note above"
+        wall = (t.get("wall") or "").replace("rc=0 wall=", "") or "not recorded"
+        cfg = os.path.basename(t["config"]).replace(".yaml", "")
+        lines.append(f"| {t['name']} | {cfg}: {_short_opts(t.get('opts') or [])} | {t['commit']}, detectron2 "
+                     f"{t['detectron2']}, {where}, {t['threads']}, {wall} | {aps} | {fin} | {ag} | {right} |")
+        for key in ("note", "stopped", "control"):
+            if t.get(key):
+                notes.append(f"- {t['name']} ({key}): {t[key]}")
+    head = f"Data: `docs/retinanet_trials.json` ({data['note']}).\n\n"
+    return head + "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
+
+
 BLOCKS = [("README.md", "results", generate), (os.path.join("docs", "performance.md"), "bench", generate_bench),
           (os.path.join("docs", "tools.md"), "sampling", generate_sampling),
-          (os.path.join("docs", "results_builtin.md"), "runs", generate_results_page)]
+          (os.path.join("docs", "results_builtin.md"), "runs", generate_results_page),
+          (os.path.join("docs", "retinanet_investigation.md"), "trials", generate_retinanet_trials)]
 
 
 def block_of(text, tag="results", where="README.md"):
