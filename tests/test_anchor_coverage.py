@@ -49,7 +49,17 @@ def test_tool_on_builtin_retinanet_config(tmp_path, shapes_root):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
                           env=dict(os.environ, DETECTRON2_DATASETS=shapes_root))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = json.loads(out.read_text())["summary"]
+    (record,) = json.loads(out.read_text())["records"]
+    assert record["provenance"]["commit"] and record["provenance"]["processor"]["model"]
+    summary = record["summary"]
     assert summary["all"]["boxes"] == sum(summary[k]["boxes"] for k in ("small", "medium", "large")) > 0
     # from 16 px anchors at IoU 0.5, small objects are the ones left to the low-quality rule
     assert summary["small"]["low_quality_frac"] > summary["medium"]["low_quality_frac"]
+    # a second run with other options adds a record; the same run again replaces its own
+    for opts in (["MODEL.RETINANET.IOU_THRESHOLDS", "[0.4,0.5]"], []):
+        proc = subprocess.run(cmd + ["--opts", *opts], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                              env=dict(os.environ, DETECTRON2_DATASETS=shapes_root))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    records = json.loads(out.read_text())["records"]
+    assert [r["fg_iou"] for r in records] == [0.5, 0.4]
+

@@ -10,7 +10,8 @@ meta-architectures, ``MODEL.RPN`` otherwise) and its foreground IoU threshold (t
 COCO size range (original area), the median best anchor IoU, the share of boxes that no anchor
 reaches at the threshold (they are positives only through the low-quality rule, through one
 anchor) and the median number of foreground anchors. The dataset defaults to the config's
-first training set.
+first training set. ``--json FILE`` adds the summary, with its provenance, to FILE's
+``records`` (replacing an earlier record of the same dataset, config and options).
 """
 import argparse
 import json
@@ -60,9 +61,19 @@ def main(argv=None):
             print(f"{k:<8}{s['boxes']:>7}{s['best_iou_median']:>19.3f}{100 * s['low_quality_frac']:>13.1f}%"
                   f"{s['n_fg_median']:>21.1f}")
     if args.json:
+        from libra_d2.utils.provenance import provenance
+
+        record = {"dataset": name, "config": args.config_file, "opts": args.opts, "fg_iou": fg,
+                  "in_features": list(head.IN_FEATURES), "sizes": [list(s) for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES],
+                  "summary": summary, "provenance": provenance()}
+        records = []
+        if os.path.isfile(args.json):
+            with open(args.json) as f:
+                records = json.load(f).get("records", [])
+        # one record per (dataset, config, options): a re-run replaces its own
+        records = [r for r in records if (r["dataset"], r["config"], r["opts"]) != (name, args.config_file, args.opts)]
         with open(args.json, "w") as f:
-            json.dump({"dataset": name, "config": args.config_file, "opts": args.opts, "fg_iou": fg,
-                       "summary": summary}, f, indent=1)
+            json.dump({"records": records + [record]}, f, indent=1)
     return 0
 
 
