@@ -176,3 +176,17 @@ def test_every_figure_of_the_retinanet_investigation_comes_from_the_data():
 
 def _integers(text):
     return set(re.findall(r"(?<![\w.])\d{2,}(?![\w.])", text.replace(",", "")))
+
+
+def test_every_figure_of_the_tools_page_comes_from_the_data():
+    """docs/tools.md: its measured tables (negatives by IoU, anchor coverage) are
+    tools/results_tables.py's, and the page quotes no other measured figure."""
+    text = open(os.path.join(ROOT, "docs", "tools.md")).read()
+    where = "docs/tools.md"
+    blocks = {"sampling": results_tables.generate_sampling(), "anchors": results_tables.generate_anchor_coverage()}
+    for tag, generated in blocks.items():
+        assert "docs/" in generated and results_tables.block_of(text, tag, where) == generated, tag
+    allowed = _plain(set().union(*(_figures(g) for g in blocks.values()))) | _plain(_config_figures())
+    stray = sorted(_plain(_figures(text)) - allowed)
+    assert not stray, f"figures in {where} that no committed data give: {stray}"
+    assert _plain(_figures(text + "\nA third of the small boxes: 33.3%.\n")) - allowed == {"33.3"}

@@ -363,8 +363,32 @@ def generate_retinanet_trials():
     return head + "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
 
+def generate_anchor_coverage():
+    """docs/tools.md's anchor-coverage table (tools/anchor_coverage.py --json docs/anchor_coverage.json)."""
+    data = load("anchor_coverage.json")
+    if not data:
+        return "(no docs/anchor_coverage.json)\n"
+    lines = ["| anchors (head levels, smallest size) | foreground IoU | small: best IoU / no fg anchor / fg anchors "
+             "| medium | large |", "|---|---|---|---|---|"]
+    for r in data["records"]:
+        levels = f"{r['in_features'][0].upper()}-{r['in_features'][-1].upper()} from {r['sizes'][0][0]:g} px"
+        cells = []
+        for k in ("small", "medium", "large"):
+            c = r["summary"][k]
+            cells.append(f"{c['best_iou_median']:.3f} / {100 * c['low_quality_frac']:.1f}% / {c['n_fg_median']:g}")
+        lines.append(f"| {levels} | {r['fg_iou']:g} | " + " | ".join(cells) + " |")
+    first = data["records"][0]
+    n = {k: first["summary"][k]["boxes"] for k in ("small", "medium", "large", "all")}
+    prov = first["provenance"]
+    lines += ["", f"(`docs/anchor_coverage.json`: {first['dataset']}, {n['all']} boxes: {n['small']} small, "
+              f"{n['medium']} medium, {n['large']} large; config `{first['config']}` with the options each record "
+              f"gives; commit {prov['commit'][:7]}; medians.)"]
+    return "\n".join(lines) + "\n"
+
+
 BLOCKS = [("README.md", "results", generate), (os.path.join("docs", "performance.md"), "bench", generate_bench),
           (os.path.join("docs", "tools.md"), "sampling", generate_sampling),
+          (os.path.join("docs", "tools.md"), "anchors", generate_anchor_coverage),
           (os.path.join("docs", "results_builtin.md"), "runs", generate_results_page),
           (os.path.join("docs", "retinanet_investigation.md"), "trials", generate_retinanet_trials)]
 
