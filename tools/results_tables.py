@@ -277,11 +277,11 @@ def _section(spec, equivalent):
             comp.append(f"| {label} | 0 | | | | not paired: {'; '.join(why)} |")
             continue
         ci = f"[{dm['ci'][0]:+.2f}, {dm['ci'][1]:+.2f}]" if dm["ci"] else "n/a"
-        per = ", ".join(f"{(_by_seed(runs_v, key)[s] - _by_seed(runs_b, key)[s]):+.2f}" for s in dm["seeds"])
+        per = ", ".join(f"{s}: {(_by_seed(runs_v, key)[s] - _by_seed(runs_b, key)[s]):+.2f}" for s in dm["seeds"])
         note = f" ({len(d['unpaired'])} seed(s) not paired: {'; '.join(why)})" if why else ""
         comp.append(f"| {label} | {dm['n']} | {dm['mean']:+.2f} | {ci} | {per} | {dm['verdict']}{note} |")
     if comp:
-        out += ["", f"| comparison | pairs | Δ{key} | 95% interval | Δ{key} per paired seed | verdict |",
+        out += ["", f"| comparison | pairs | Δ{key} | 95% interval | Δ{key} per paired seed (seed: Δ) | verdict |",
                 "|---|---|---|---|---|---|"] + comp
     return "\n".join(out) + "\n"
 
