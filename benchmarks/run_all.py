@@ -163,7 +163,10 @@ def _in_subprocess(name, device, reps, rounds, env):
         subprocess.run(cmd, check=True, env=dict(os.environ, **env), cwd=ROOT)
         with open(out) as f:
             res = json.load(f)
-    res.pop("machine", None)
+    if res.get("errors"):
+        raise RuntimeError(f"{name} in a subprocess: {res['errors']}")
+    for key in ("machine", "provenance", "errors", "section_seconds"):
+        res.pop(key, None)
     return res
 
 
@@ -195,14 +198,23 @@ def _bench_sampler(device, reps, rounds):
     return out
 
 
+def sync_check_args(device, n=100_000, num=384):
+    """The sampler's inputs for the sync check: every one made before sync debugging starts,
+    ``num`` a 0-d tensor on the device and ``max_num`` the host bound (a Python int ``num``
+    would need a host-to-device copy inside the call, which the check rightly refuses)."""
+    iou, cand = iou_mix(n, device)
+    return {"max_iou": iou, "candidates": cand, "num": torch.tensor(num, device=device), "max_num": num}
+
+
 def check_cuda_syncs(device):
     """Run our sampler with sync debug mode "error" up to the final index extraction."""
     from libra_d2.modeling.sampling import iou_balanced_negatives_select
 
-    iou, cand = iou_mix(100_000, device)
+    kwargs = sync_check_args(device)
+    torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        idx, keep = iou_balanced_negatives_select(iou, cand, 384)
+        idx, keep = iou_balanced_negatives_select(**kwargs)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     idx[keep]  # the one synchronising step
@@ -574,6 +586,17 @@ def bench_grouping(device, reps, rounds):
     return out
 
 
+def load():
+    """The machine's load when read: 1-minute load average and the runnable processes
+    (``/proc/loadavg``'s fourth field counts this process too); None where unreadable."""
+    try:
+        with open("/proc/loadavg") as f:
+            fields = f.read().split()
+        return {"loadavg_1m": float(fields[0]), "runnable": int(fields[3].split("/")[0])}
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def machine(device):
     cpu = platform.processor()
     try:
@@ -592,6 +615,41 @@ def machine(device):
     return info
 
 
+SECTIONS = {"sampler": bench_sampler, "detector": bench_detector, "ohem": bench_ohem, "cpu_bf16": bench_cpu_bf16,
+            "bfp_memory": bench_bfp_memory, "export": bench_export, "export_aoti": bench_export_aoti,
+            "grouping": bench_grouping}
+
+
+def write_json(path, results):
+    """Write ``results`` atomically (a reader never sees half a file)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=2)
+    os.replace(tmp, path)
+
+
+def run_sections(names, device, args, results):
+    """Run each section in turn, guarded: a section that raises is recorded under
+    ``results["errors"][name]`` and the next one still runs; the json is rewritten after
+    every section, so a run cut short keeps the figures it reached."""
+    for name in names:
+        t = time.time()
+        if not args.quiet:
+            print(f"[bench] {name} ...", flush=True)
+        try:
+            results.update(SECTIONS[name](device, args.reps, args.rounds))
+            status = "done"
+        except Exception as e:  # noqa: BLE001 - any failure of one section is recorded, not fatal
+            results["errors"][name] = f"{type(e).__name__}: {e}"
+            status = "failed"
+        results.setdefault("section_seconds", {})[name] = round(time.time() - t, 1)
+        write_json(args.output, results)
+        if not args.quiet:
+            print(f"[bench] {name} {status} in {time.time() - t:.0f} s", flush=True)
+    return results
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
@@ -602,23 +660,17 @@ def main(argv=None):
     ap.add_argument("--short", type=int, default=512, help="detector pair: input short side (COCO scale: 800)")
     ap.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    unknown = [n for n in args.only.split(",") if n not in SECTIONS]
+    if unknown:
+        ap.error(f"--only: unknown section(s) {unknown}; choose from {sorted(SECTIONS)}")
     device = torch.device(args.device)
     SHORT["value"] = args.short
     from libra_d2.utils.provenance import provenance
 
-    results = {"machine": machine(device), "provenance": provenance()}
-    benches = {"sampler": bench_sampler, "detector": bench_detector, "ohem": bench_ohem, "cpu_bf16": bench_cpu_bf16, "bfp_memory": bench_bfp_memory,
-               "export": bench_export, "export_aoti": bench_export_aoti, "grouping": bench_grouping}
-    for name in args.only.split(","):
-        t = time.time()
-        if not args.quiet:
-            print(f"[bench] {name} ...", flush=True)
-        results.update(benches[name](device, args.reps, args.rounds))
-        if not args.quiet:
-            print(f"[bench] {name} done in {time.time() - t:.0f} s", flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(results, f, indent=2)
+    results = {"machine": machine(device), "provenance": provenance(), "errors": {}, "load_before": load()}
+    run_sections(args.only.split(","), device, args, results)
+    results["load_after"] = load()
+    write_json(args.output, results)
     if args.quiet:
         return results
     m = results["machine"]

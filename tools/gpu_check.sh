@@ -1,33 +1,44 @@
 #!/usr/bin/env bash
 # The GPU measurement on a machine without network, from the repository root:
 #
-#   bash tools/gpu_check.sh [CARRY [OUT]] [--dry-run] [--budget SECONDS]
+#   bash tools/gpu_check.sh CARRY OUT [--dry-run] [--budget SECONDS]
 #
 # CARRY (default gpu_carry) is the folder tools/gpu_prepare.sh made; OUT (default $OUT, else
 # output/gpu) receives gpu_check.json, bench.json, retinanet_ablation.{json,md}, logs.tar.gz
-# and install.log. Installs the carried wheels into this Python without network (the
-# image's torch, torchvision, numpy stay), then runs tools/gpu_check.py.
+# and install.log (the caller tees the console to a seventh file). Steps:
+#  1. preflight, before anything is installed: the carried folder is there and was prepared
+#     for this tree's code, torchvision's required torch is the installed one, CUDA is
+#     visible; each problem is one line on the console and in OUT/gpu_check.json;
+#  2. the carried wheels installed without network into a folder of their own
+#     (pip --no-index --no-deps --target, then PYTHONPATH): the image's environment is never
+#     written to, so a read-only site-packages is no obstacle;
+#  3. tools/gpu_check.py, each step bounded in time.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CARRY=gpu_carry
 OUTDIR=${OUT:-output/gpu}
 ARGS=()
+DRY=()
 pos=0
 for a in "$@"; do
   case $a in
+    --dry-run) DRY=(--dry-run); ARGS+=("$a") ;;
     --*) ARGS+=("$a") ;;
     *) if [[ $pos -eq 0 ]]; then CARRY=$a; elif [[ $pos -eq 1 ]]; then OUTDIR=$a; else ARGS+=("$a"); fi; pos=$((pos + 1)) ;;
   esac
 done
 PY=${PYTHON:-python3}
 mkdir -p "$OUTDIR"
-if [[ ! -f $CARRY/COMMIT ]]; then
-  echo "[gpu_check] $CARRY/COMMIT missing: run tools/gpu_prepare.sh first (with network)" >&2
-  exit 2
-fi
-echo "[gpu_check] installing from $CARRY without network"
-PIP_BREAK_SYSTEM_PACKAGES=1 "$PY" -m pip --disable-pip-version-check install --no-index --find-links "$CARRY/wheels" \
-  "$CARRY"/detectron2-*.whl "fvcore>=0.1.5,<0.1.6" "pycocotools>=2.0.2" tqdm pytest-timeout > "$OUTDIR/install.log" 2>&1
+export PYTHONWARNINGS=ignore
+"$PY" tools/gpu_check.py --preflight --carry "$CARRY" --out "$OUTDIR" "${DRY[@]}" || {
+  echo "[gpu_check] preflight failed: nothing installed or run (details above and in $OUTDIR/gpu_check.json)" >&2
+  exit 3
+}
+SITE=${GPU_CHECK_SITE:-${TMPDIR:-/tmp}/libra-d2-site}
+rm -rf "$SITE"
+echo "[gpu_check] installing the carried wheels into $SITE without network"
+"$PY" -m pip --disable-pip-version-check install --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" \
+  "$CARRY"/wheels/*.whl "$CARRY"/detectron2-*.whl > "$OUTDIR/install.log" 2>&1
 rc=$?
 if [[ $rc -ne 0 ]]; then
   tail -20 "$OUTDIR/install.log" >&2
@@ -36,5 +47,5 @@ if [[ $rc -ne 0 ]]; then
 fi
 export LIBRA_D2_COMMIT
 LIBRA_D2_COMMIT=$(cat "$CARRY/COMMIT")
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONWARNINGS=ignore
+export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" tools/gpu_check.py --carry "$CARRY" --out "$OUTDIR" "${ARGS[@]}"

@@ -9,7 +9,8 @@
 #                pure-Python ones as py3-none-any
 # CARRY/detectron2-0.6-*.whl   the Python-only detectron2 0.6 (tools/install_detectron2.py
 #                --wheel-dir: torchvision provides the CUDA RoIAlign and NMS)
-# CARRY/COMMIT   the commit of this checkout (+dirty when tracked files differ)
+# CARRY/COMMIT   the commit of this checkout (+dirty when a file is modified or untracked)
+# CARRY/TREE_DIGEST  sha256 of the code (tools/gpu_check.py tree_digest), checked there
 # CARRY/MANIFEST.json  every wheel with its tags and size
 # Needs network to PyPI here; run it from the repository root. Then on the GPU machine:
 #   bash tools/gpu_check.sh CARRY OUT       (docs/compatibility.md)
@@ -50,8 +51,12 @@ for name in numpy pillow torch torchvision scipy opencv nvidia triton setuptools
 done
 "$PY" tools/install_detectron2.py --wheel-dir "$CARRY" --workdir "$(mktemp -d)"
 commit=$(git rev-parse HEAD)
-git diff --quiet HEAD -- || commit="$commit+dirty"
+# dirty: any modified or untracked (not ignored) file
+[[ -z $(git status --porcelain --untracked-files=normal -- . ":(exclude)$CARRY") ]] || commit="$commit+dirty"
 echo "$commit" > "$CARRY/COMMIT"
+# the digest of the code the check runs: tools/gpu_check.sh's preflight compares it with the
+# tree it finds there (no .git travels)
+"$PY" tools/gpu_check.py --out "$(mktemp -d)" --write-digest "$CARRY/TREE_DIGEST"
 "$PY" - "$CARRY" <<'PY'
 import json, os, sys
 carry = sys.argv[1]
