@@ -229,22 +229,3 @@ def test_converted_retinanet_follows_the_reference_neck_and_nms_order(libra_cfg,
     torch.testing.assert_close(got.pred_boxes.tensor, boxes[keep], rtol=0, atol=1e-3)
     torch.testing.assert_close(got.scores, scores[keep], rtol=0, atol=1e-6)
     assert torch.equal(got.pred_classes, classes[keep])
-
-
-def test_gpu_check_sizes_the_retinanet_schedule_and_checks_the_carried_wheels(tmp_path):
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    import gpu_check
-
-    # six concurrent runs at 3x the measured 0.05 s/it, after 60 s of start-up: (300 - 60) / 0.15 = 1600
-    assert gpu_check.retinanet_schedule(300, 0.05) == 1600
-    assert gpu_check.retinanet_schedule(300, 10.0) == 100  # never below the floor
-    with pytest.raises(ValueError):
-        gpu_check.retinanet_schedule(300, 0.0)
-    assert "error" in gpu_check.carried_binaries(str(tmp_path))  # no manifest: said so
-    wheels = [{"file": "wheels/pycocotools-2.0.11-cp312-abi3-manylinux2014_x86_64.whl", "python": "cp312",
-               "abi": "abi3", "platform": "manylinux2014_x86_64"},
-              {"file": "wheels/pyyaml-6.0.4-cp311-cp311-manylinux2014_x86_64.whl", "python": "cp311",
-               "abi": "cp311", "platform": "manylinux2014_x86_64"}]
-    (tmp_path / "MANIFEST.json").write_text(json.dumps({"commit": "x", "wheels": wheels}))
-    found = gpu_check.carried_binaries(str(tmp_path))
-    assert found["pycocotools"]["cp312"] and not found["pyyaml"]["cp312"] and not found["matplotlib"]["present"]

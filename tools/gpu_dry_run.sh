@@ -17,6 +17,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 IMAGE=${GPU_IMAGE_VENV:-/tmp/libra-d2-gpu-image}
 WORK=${GPU_DRY_WORK:-$(mktemp -d /tmp/libra-d2-gpu-dry.XXXXXX)}
+mkdir -p "$WORK"
 # the device's pair (its image: Python 3.12, torch 2.11, torchvision 0.26); PyPI's builds of
 # them run on the CPU here
 if [[ -z ${IMAGE_PYTHON:-} ]]; then
