@@ -31,7 +31,7 @@ ABLATION_OPTS ?=
 .PHONY: setup demo test test-long lint bench ablation gpu-prepare gpu-dry-run clean
 
 setup:
-	@bash tools/setup_env.sh
+	@bash dev/env/setup_env.sh
 
 demo: setup
 	$(PY) tools/run_demo.py --config-file $(DEMO_CONFIG) --output-dir $(DEMO_OUT) $(DEMO_ARGS) $(DEMO_OPTS)
@@ -47,21 +47,21 @@ test-long: setup
 	$(PY) -m pytest -q -m opt_in $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS)) $(PYTEST_ARGS)
 
 lint: setup
-	$(PY) -m ruff check libra_d2 tests tools benchmarks train_net.py
+	$(PY) -m ruff check libra_d2 tests tools dev train_net.py
 
 ablation: setup
-	$(PY) tools/ablate.py $(ABLATION_ARGS) -o $(ABLATION_OUT) $(if $(strip $(ABLATION_OPTS)),-- $(ABLATION_OPTS))
+	$(PY) dev/ablate.py $(ABLATION_ARGS) -o $(ABLATION_OUT) $(if $(strip $(ABLATION_OPTS)),-- $(ABLATION_OPTS))
 
 bench: setup
-	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
+	$(PY) dev/bench/run_all.py $(BENCH_ARGS)
 
 # the GPU check (docs/compatibility.md): prepare the carried folder here (network), prove the
 # script on CPU in a throw-away environment from that folder alone
 gpu-prepare:
-	bash tools/gpu_prepare.sh gpu_carry
+	bash dev/gpu/gpu_prepare.sh gpu_carry
 
 gpu-dry-run:
-	bash tools/gpu_dry_run.sh
+	bash dev/gpu/gpu_dry_run.sh
 
 clean:
 	rm -rf output build *.egg-info

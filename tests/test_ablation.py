@@ -1,4 +1,4 @@
-"""tools/ablate.py and libra_d2.analysis.ablation: statistics on synthetic results, and real resumable runs."""
+"""dev/ablate.py and dev.records.ablation: statistics on synthetic results, and real resumable runs."""
 import json
 import math
 import os
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from libra_d2.analysis.ablation import build_report, paired_difference, report_markdown, summarize_metric, t_quantile, verdict
+from dev.records.ablation import build_report, paired_difference, report_markdown, summarize_metric, t_quantile, verdict
 from tests.conftest import ROOT, TINY
 
 
@@ -31,7 +31,7 @@ def _runs(name, aps, commit="a" * 40, processor=INTEL, config="c.yaml"):
 
 
 def test_pairs_form_only_within_one_processor_class_and_one_or_an_equivalent_commit():
-    from libra_d2.analysis.ablation import identity_equivalence
+    from dev.records.ablation import identity_equivalence
 
     base = _runs("baseline", [30.0, 31.0, 32.0], config="base.yaml")
     libra = _runs("libra", [33.0, 34.0, 36.0], config="libra.yaml")
@@ -97,7 +97,7 @@ def test_report_means_stds_and_single_seed():
 
 def _ablate(shapes_root, out, *extra):
     env = dict(os.environ, DETECTRON2_DATASETS=shapes_root, PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, os.path.join(ROOT, "tools/ablate.py"), "-o", out, "--seeds", "7",
+    cmd = [sys.executable, os.path.join(ROOT, "dev/ablate.py"), "-o", out, "--seeds", "7",
            "--base", "configs/builtin/faster_rcnn_R_18_FPN_cpu.yaml",
            "--switch", "bl1=MODEL.ROI_HEADS.NAME LibraROIHeads MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE balanced_l1", *extra,
            "--", *TINY, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.DETECTIONS_PER_IMAGE", "20"]
@@ -140,7 +140,7 @@ def test_ablation_skips_finished_and_resumes_interrupted_runs(shapes_root, tmp_p
 
 
 def test_provenance_names_this_checkout_or_the_commit_file(monkeypatch, tmp_path):
-    from libra_d2.utils.provenance import git_commit, processor_class, provenance
+    from dev.records.provenance import git_commit, processor_class, provenance
 
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     commit, clean = git_commit(ROOT)
@@ -157,7 +157,7 @@ def test_provenance_names_this_checkout_or_the_commit_file(monkeypatch, tmp_path
 
 
 def test_builtin_preset_plan_and_per_group_baselines():
-    from libra_d2.analysis.ablation import preset_plan
+    from dev.records.ablation import preset_plan
 
     plan = {v.name: v for v in preset_plan("builtin")}
     assert set(plan) == {"baseline", "libra", "sampling", "bfp", "balanced_l1", "rpn_cap",
@@ -180,7 +180,7 @@ def test_builtin_preset_plan_and_per_group_baselines():
 def test_heads_presets_and_segm_report_from_finished_runs(tmp_path):
     """builtin-heads pairs each Libra head with its twin; Mask R-CNN runs, which evaluate
     bbox and segm, get a second (segm) report next to the box-AP one."""
-    from libra_d2.analysis.ablation import preset_plan
+    from dev.records.ablation import preset_plan
 
     plan = {v.name: v for v in preset_plan("builtin-heads")}
     assert set(plan) == {"cascade_baseline", "cascade_libra", "mask_baseline", "mask_libra", "fast_baseline", "fast_libra"}
@@ -196,7 +196,7 @@ def test_heads_presets_and_segm_report_from_finished_runs(tmp_path):
         res = {t: {m: ap + off for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")} for t, off in (("bbox", 10.0), ("segm", 0.0))}
         (d / "eval_results.json").write_text(json.dumps(res))
         (d / "ablate_run.json").write_text(json.dumps(PROV))
-    cmd = [sys.executable, os.path.join(ROOT, "tools/ablate.py"), "--preset", "builtin-mask", "--seeds", "1", "2",
+    cmd = [sys.executable, os.path.join(ROOT, "dev/ablate.py"), "--preset", "builtin-mask", "--seeds", "1", "2",
            "-o", str(out), "--report-only"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -209,15 +209,15 @@ def test_heads_presets_and_segm_report_from_finished_runs(tmp_path):
     assert "COCO mask AP" in md and "COCO box AP" in md
     # --report-only with nothing but the folder rebuilds the same report from the earlier plan
     (out / "ablation.md").unlink()
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools/ablate.py"), "-o", str(out), "--report-only"],
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "dev/ablate.py"), "-o", str(out), "--report-only"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert json.loads((out / "ablation.json").read_text())["report"] == data["report"]
     assert (out / "ablation.md").read_text() == md
     # and --help names every preset
-    helptext = subprocess.run([sys.executable, os.path.join(ROOT, "tools/ablate.py"), "--help"], cwd=ROOT,
+    helptext = subprocess.run([sys.executable, os.path.join(ROOT, "dev/ablate.py"), "--help"], cwd=ROOT,
                               capture_output=True, text=True, timeout=120).stdout
-    from libra_d2.analysis.ablation import PRESET_NAMES
+    from dev.records.ablation import PRESET_NAMES
 
     assert all(name in helptext for name in PRESET_NAMES)
 
@@ -225,7 +225,7 @@ def test_heads_presets_and_segm_report_from_finished_runs(tmp_path):
 def test_sampling_and_rpn_presets_report_proposal_recall_from_finished_runs(tmp_path):
     """builtin-sampling compares OHEM and the Libra sampling pair with Faster R-CNN;
     builtin-rpn's proposal-only runs are reported by AR (COCOEvaluator's box_proposals)."""
-    from libra_d2.analysis.ablation import preset_plan
+    from dev.records.ablation import preset_plan
 
     sampling = {v.name: v for v in preset_plan("builtin-sampling")}
     assert set(sampling) == {"baseline", "sampling", "ohem"}
@@ -243,7 +243,7 @@ def test_sampling_and_rpn_presets_report_proposal_recall_from_finished_runs(tmp_
         (d / "ablate_run.json").write_text(json.dumps(PROV))
     # seed 2 of libra_rpn from another commit: its record says so, and it is not paired
     (out / "libra_rpn" / "seed2" / "ablate_run.json").write_text(json.dumps(dict(PROV, commit="abc1234", seconds=1.0)))
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools/ablate.py"), "--preset", "builtin-rpn", "--seeds",
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "dev/ablate.py"), "--preset", "builtin-rpn", "--seeds",
                            "1", "2", "-o", str(out), "--report-only"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     runs = {(r["name"], r["seed"]): r for r in json.loads((out / "ablation.json").read_text())["runs"]}

@@ -161,11 +161,11 @@ def test_native_bfloat16_detection_reads_the_cpu_flags(monkeypatch):
     from libra_d2.engine import cpu_amp
 
     monkeypatch.delenv("LIBRA_CPU_BF16", raising=False)
-    monkeypatch.setattr(cpu_amp, "_cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setattr(cpu_amp, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
     assert not cpu_amp.cpu_bf16_native()
-    monkeypatch.setattr(cpu_amp, "_cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    monkeypatch.setattr(cpu_amp, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
     assert cpu_amp.cpu_bf16_native()
-    monkeypatch.setattr(cpu_amp, "_cpu_flags", lambda: {"amx_tile", "amx_bf16"})
+    monkeypatch.setattr(cpu_amp, "cpu_flags", lambda: frozenset({"amx_tile", "amx_bf16"}))
     assert cpu_amp.cpu_bf16_native()
 
 

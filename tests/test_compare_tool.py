@@ -1,4 +1,4 @@
-"""tools/compare_with_mmdet.py: its own logic, without mmdetection (which CI does not have)."""
+"""dev/reference/compare_with_mmdet.py: its own logic, without mmdetection (which CI does not have)."""
 import os
 import sys
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tools.compare_with_mmdet import (
+from dev.reference.compare_with_mmdet import (
     OHEM_SAMPLER,
     box_iou,
     compare_choices,
@@ -21,7 +21,7 @@ from tools.compare_with_mmdet import (
     second_image,
     synthetic_image,
 )
-from tools.mmdet_reference_side import choose_by_priority
+from dev.reference.mmdet_reference_side import choose_by_priority
 
 
 def test_detections_match_one_to_one_by_class_iou_and_score():
@@ -99,7 +99,7 @@ def test_an_interpreter_without_mmdetection_is_named(tmp_path):
 
 
 def test_the_reference_side_imports_nothing_of_libra_d2_or_detectron2():
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "mmdet_reference_side.py")
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dev", "reference", "mmdet_reference_side.py")
     src = open(path).read()
     assert "libra_d2" not in src.replace("libra-d2", "") and "detectron2" not in src
 

@@ -18,8 +18,8 @@ CONFIGS = sorted(os.path.relpath(p, os.path.join(ROOT, "configs")) for p in glob
 
 
 def test_every_config_the_docs_tools_and_presets_name_exists_and_each_libra_config_has_its_plain_twin():
-    texts = [open(os.path.join(ROOT, p)).read() for p in ["README.md", "libra_d2/analysis/ablation.py",
-                                                           "tools/seeded_identity.py", "Makefile"]]
+    texts = [open(os.path.join(ROOT, p)).read() for p in ["README.md", "dev/records/ablation.py",
+                                                           "dev/seeded_identity.py", "Makefile"]]
     texts += [open(p).read() for p in glob.glob(os.path.join(ROOT, "docs", "*.md"))]
     named = {m for t in texts for m in re.findall(r"configs/[\w./-]+\.(?:yaml|py)", t)}
     assert len(named) > 20

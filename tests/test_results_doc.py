@@ -1,14 +1,14 @@
 """The README's results come from the committed data: the tables are the ones
-tools/results_tables.py prints from docs/*.json, and no other figure stands in that section."""
+dev/results_tables.py prints from docs/*.json, and no other figure stands in that section."""
 import os
 import re
 import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
+sys.path.insert(0, ROOT)
 
-import results_tables  # noqa: E402
+from dev import results_tables  # noqa: E402
 
 
 def _section(text):
@@ -20,7 +20,7 @@ def _figures(text):
 
 
 def test_the_readme_tables_are_the_generated_ones():
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools/results_tables.py"), "--check"],
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "dev/results_tables.py"), "--check"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
 
@@ -41,7 +41,7 @@ def test_every_figure_of_the_results_section_comes_from_the_data(tmp_path):
 
 def _bf16_figures():
     """Every figure the bfloat16-accuracy paragraph may quote, from docs/ablation_cpu_bf16.json."""
-    from libra_d2.analysis.ablation import paired_difference, summarize_metric
+    from dev.records.ablation import paired_difference, summarize_metric
 
     data = results_tables.load("ablation_cpu_bf16.json")
     by = {}
@@ -77,7 +77,7 @@ def test_every_figure_of_the_performance_page_comes_from_committed_data():
 
 def test_every_run_record_names_its_commit_and_processor():
     """Each run of every docs/*.json names a commit (or "unknown" with the oldest commit that
-    holds it) and a processor (or "unknown"); tools/backfill_provenance.py completes old ones."""
+    holds it) and a processor (or "unknown")."""
     import json
 
     missing = []
@@ -98,31 +98,6 @@ def test_every_run_record_names_its_commit_and_processor():
     assert not missing, missing
 
 
-def test_backfill_has_nothing_left_to_name():
-    """Every old record already carries what its own fields or git can tell (a processor named
-    by a run's ``machine`` field is not left "unknown"): the backfill finds nothing to change."""
-    import importlib.util
-    import json
-
-    spec = importlib.util.spec_from_file_location("backfill", os.path.join(ROOT, "tools", "backfill_provenance.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    pending = {}
-    for name in sorted(os.listdir(os.path.join(ROOT, "docs"))):
-        if name.endswith(".json"):
-            data = json.load(open(os.path.join(ROOT, "docs", name)))
-            if isinstance(data, dict) and "runs" in data:
-                changes = mod.backfill(os.path.join("docs", name), data)
-                if changes:
-                    pending[name] = changes
-    assert not pending, pending
-    # the rule itself: a run whose machine field names the processor gets it
-    run = {"name": "x", "seed": 1, "commit": "abc1234", "machine": "Intel Xeon (AMX), 2 cores",
-           "provenance": {"processor": {"model": "unknown", "cpu_capability": None, "flags": None}}}
-    mod.backfill("docs/none.json", {"runs": [run]})
-    assert run["provenance"]["processor"]["model"] == "Intel Xeon (AMX)"
-
-
 def _config_figures():
     """Figures the recipe section may quote: the values (not the comments) of the built-in configs."""
     figs = set()
@@ -135,7 +110,7 @@ def _config_figures():
 
 
 def test_every_figure_of_the_results_page_comes_from_the_data():
-    """docs/results_builtin.md: the tables are tools/results_tables.py's, and outside them the
+    """docs/results_builtin.md: the tables are dev/results_tables.py's, and outside them the
     page quotes no figure but the recipe's config values."""
     text = open(os.path.join(ROOT, "docs", "results_builtin.md")).read()
     generated = results_tables.generate_results_page()
@@ -152,7 +127,7 @@ def test_every_figure_of_the_results_page_comes_from_the_data():
 
 
 def test_every_figure_of_the_retinanet_investigation_comes_from_the_data():
-    """docs/retinanet_investigation.md: its table is tools/results_tables.py's, and the prose
+    """docs/retinanet_investigation.md: its table is dev/results_tables.py's, and the prose
     around it quotes no figure but the recipe's config values."""
     text = open(os.path.join(ROOT, "docs", "retinanet_investigation.md")).read()
     generated = results_tables.generate_retinanet_trials()
@@ -180,7 +155,7 @@ def _integers(text):
 
 def test_every_figure_of_the_tools_page_comes_from_the_data():
     """docs/tools.md: its measured tables (negatives by IoU, anchor coverage) are
-    tools/results_tables.py's, and the page quotes no other measured figure."""
+    dev/results_tables.py's, and the page quotes no other measured figure."""
     text = open(os.path.join(ROOT, "docs", "tools.md")).read()
     where = "docs/tools.md"
     blocks = {"sampling": results_tables.generate_sampling(), "anchors": results_tables.generate_anchor_coverage()}

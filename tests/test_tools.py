@@ -1,5 +1,4 @@
 """tools/: demo, sampling plot, reference checkpoint converter, torchvision backbone converter."""
-import json
 import os
 import re
 import subprocess

@@ -61,7 +61,7 @@ def main(argv=None):
             print(f"{k:<8}{s['boxes']:>7}{s['best_iou_median']:>19.3f}{100 * s['low_quality_frac']:>13.1f}%"
                   f"{s['n_fg_median']:>21.1f}")
     if args.json:
-        from libra_d2.utils.provenance import provenance
+        from dev.records.provenance import provenance
 
         record = {"dataset": name, "config": args.config_file, "opts": args.opts, "fg_iou": fg,
                   "in_features": list(head.IN_FEATURES), "sizes": [list(s) for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES],

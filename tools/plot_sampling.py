@@ -125,8 +125,8 @@ def main(argv=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from dev.records.provenance import provenance
     from libra_d2.config import get_libra_cfg
-    from libra_d2.utils.provenance import provenance
 
     prov = provenance()  # before anything is written (the PNG may sit inside the repository)
     cfg = get_libra_cfg(args.config_file, args.opts)

@@ -20,22 +20,13 @@ import time
 import torch
 from detectron2.engine import AMPTrainer
 
+from ..utils.machine import cpu_flags
+
 __all__ = ["cpu_bf16_native", "CPUAutocastTrainer", "cpu_autocast_trainer", "native_bf16_opts"]
 
 logger = logging.getLogger(__name__)
 
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-
-
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def cpu_bf16_native() -> bool:
@@ -45,7 +36,7 @@ def cpu_bf16_native() -> bool:
     forced = os.environ.get("LIBRA_CPU_BF16")
     if forced in ("0", "1"):
         return forced == "1"
-    flags = _cpu_flags()
+    flags = cpu_flags()
     if flags:
         return any(f in flags for f in NATIVE_BF16_FLAGS)
     check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)

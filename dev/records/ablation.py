@@ -1,4 +1,4 @@
-"""Seeded ablations: run plans, paired statistics and reports (used by ``tools/ablate.py``).
+"""Seeded ablations: run plans, paired statistics and reports (used by ``dev/ablate.py``).
 
 A *plan* is a list of named variants (a config file plus extra ``KEY VALUE`` options), one
 of them the baseline, times a list of seeds. Every (variant, seed) pair is one training run
@@ -199,7 +199,7 @@ def load_metrics_by_task(output_dir):
 
 # --------------------------------------------------------------------------- pairing rule
 def _processor_class(run):
-    from ..utils.provenance import processor_class
+    from .provenance import processor_class
 
     return processor_class((run.get("provenance") or {}).get("processor"))
 
@@ -220,7 +220,7 @@ def identity_equivalence(records):
     configurations a hash stands for), a function ``(commit_a, commit_b, processor_class,
     config, opts) -> bool``: True when both commits have a record on that processor class
     whose hash for a run covering that configuration is the same."""
-    from ..utils.provenance import processor_class
+    from .provenance import processor_class
 
     table = {}  # (commit, processor class, config, opts) -> set of hashes
     for rec in records or []:

@@ -6,7 +6,7 @@ Every ratio is measured side by side in one process, interleaved (A, B, A, B, ..
 reported as a ratio of medians; the machine (CPU model, cores, torch) is recorded too.
 
 * sampler_speedup_2k / _100k: a faithful reference of the published IoU-balanced negative
-  sampler (benchmarks/reference_sampler.py: host copy, Python sets, per-bin set
+  sampler (dev/bench/reference_sampler.py: host copy, Python sets, per-bin set
   intersections) divided by libra_d2's, on 2,000 and 100,000 proposals (half IoU 0, 40%
   in (0, 0.5), 10% >= 0.5), one CPU thread. Targets >= 6 and >= 25.
 * sampler_growth_2k_to_100k: ours at 100k / ours at 2k. Target <= 75 (linear: 50).
@@ -56,7 +56,7 @@ import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 TARGETS = {
@@ -171,7 +171,7 @@ def _in_subprocess(name, device, reps, rounds, env):
 
 
 def _bench_sampler(device, reps, rounds):
-    from benchmarks.reference_sampler import reference_iou_balanced_negatives
+    from dev.bench.reference_sampler import reference_iou_balanced_negatives
     from libra_d2.modeling.sampling import sample_iou_balanced_negatives
 
     threads = torch.get_num_threads()
@@ -665,7 +665,7 @@ def main(argv=None):
         ap.error(f"--only: unknown section(s) {unknown}; choose from {sorted(SECTIONS)}")
     device = torch.device(args.device)
     SHORT["value"] = args.short
-    from libra_d2.utils.provenance import provenance
+    from dev.records.provenance import provenance
 
     results = {"machine": machine(device), "provenance": provenance(), "errors": {}, "load_before": load()}
     run_sections(args.only.split(","), device, args, results)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Train every trained path a result rests on briefly, one thread, and hash the final weights.
 
-    python tools/seeded_identity.py -o output/identity                       # one line per run
-    python tools/seeded_identity.py -o output/identity --append docs/seeded_identity.json --label before
+    python dev/seeded_identity.py -o output/identity                       # one line per run
+    python dev/seeded_identity.py -o output/identity --append docs/seeded_identity.json --label before
 
 For changes that must not move any result: run it on the commit before and on the commit
 after (same machine, same session) and compare the hashes; equal hashes mean bit-identical
@@ -26,7 +26,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from libra_d2.utils.provenance import provenance  # noqa: E402
+from dev.records.provenance import provenance  # noqa: E402
 
 B = "configs/builtin/"
 FASTER, LIBRA = B + "faster_rcnn_R_18_FPN_cpu.yaml", B + "libra_rcnn_R_18_FPN_cpu.yaml"

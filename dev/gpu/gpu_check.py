@@ -1,24 +1,24 @@
 #!/usr/bin/env python
 """The GPU measurement, step by step, each bounded in time; every result packed in OUT.
 
-Run by tools/gpu_check.sh (which installs the carried wheels first). Steps:
+Run by dev/gpu/gpu_check.sh (which installs the carried wheels first). Steps:
 
 1. ``environment``: the card (name, driver), torch / torchvision / detectron2 versions, and
    whether this torch is one libra-d2 supports (else the run stops here);
 2. ``cuda_tests``: ``tests/test_cuda.py`` (every CUDA test of the project);
-3. ``bench``: ``benchmarks/run_all.py --device cuda --short 800``: R-50-FPN Faster R-CNN vs
+3. ``bench``: ``dev/bench/run_all.py --device cuda --short 800``: R-50-FPN Faster R-CNN vs
    Libra R-CNN training iteration (float32 and float16 autocast), peak training memory,
    inference latency and images/s, the sampler against the reference's algorithm, BFP
    memory at 1x and 4x pixels;
 4. ``retinanet``: the built-in RetinaNet and Libra RetinaNet at seeds 42, 1, 2, the six runs
    at once on the one GPU, on a schedule sized from a measured iteration time to fit the
-   time that is left (``tools/ablate.py``).
+   time that is left (``dev/ablate.py``).
 
 OUT gets ``gpu_check.json`` (provenance: commit, card, driver, versions; each step's status,
 seconds and figures), ``bench.json``, ``retinanet_ablation.json``/``.md`` and ``logs.tar.gz``:
 at most 8 files. A step that runs out of its time is recorded as ``timeout`` and the next one
 starts. ``--dry-run``: the same steps on CPU with tiny sizes (the proof on a machine without
-a GPU; tools/gpu_dry_run.sh).
+a GPU; dev/gpu/gpu_dry_run.sh).
 """
 import argparse
 import hashlib
@@ -33,7 +33,7 @@ import sys
 import tarfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 MIN_TORCH = (2, 0)  # torch.export and the CUDA paths the project tests need torch 2
@@ -102,7 +102,7 @@ def environment(dry_run):
         env["error"] = f"torchvision does not import: {type(e).__name__}: {e}"
         return env
     try:
-        from libra_d2.utils.provenance import provenance
+        from dev.records.provenance import provenance
 
         env["provenance"] = provenance()
     except Exception as e:  # noqa: BLE001
@@ -123,7 +123,7 @@ def environment(dry_run):
 
 # what the tree digest covers: the code the check runs (no .git travels, so the digest, not
 # a commit, ties the carried folder to the tree)
-DIGEST_PATHS = ("libra_d2", "configs", "tools", "benchmarks", "tests", "train_net.py", "setup.cfg", "pyproject.toml")
+DIGEST_PATHS = ("libra_d2", "configs", "tools", "dev", "tests", "train_net.py", "setup.cfg", "pyproject.toml")
 
 
 def tree_digest(root=ROOT):
@@ -188,7 +188,7 @@ def carried_binaries(carry):
     """The cp312 wheels of the compiled requirements, by name: present and tagged for 3.12."""
     manifest = os.path.join(carry, "MANIFEST.json")
     if not os.path.isfile(manifest):
-        return {"error": f"{manifest} missing: run tools/gpu_prepare.sh"}
+        return {"error": f"{manifest} missing: run dev/gpu/gpu_prepare.sh"}
     with open(manifest) as f:
         wheels = json.load(f)["wheels"]
     out = {}
@@ -215,8 +215,9 @@ def retinanet_schedule(seconds_left, s_per_iter, fraction=0.75, overhead_s=60.0,
 
 
 def concurrent_iteration_time(run_dirs, skip=2):
-    """The slowest run's median seconds per iteration (after ``skip`` warm-up records) from the
-    ``metrics.json`` of runs that ran at the same time; None when no run recorded one."""
+    """The slowest run's median seconds per iteration from the ``metrics.json`` of runs that
+    ran at the same time (each record's ``time`` is already a windowed median; the first
+    ``skip`` records are left out where more remain); None when no run recorded one."""
     per_run = []
     for d in run_dirs:
         path = os.path.join(d, "metrics.json")
@@ -224,7 +225,8 @@ def concurrent_iteration_time(run_dirs, skip=2):
             continue
         with open(path) as f:
             times = [json.loads(line).get("time") for line in f if line.strip()]
-        times = sorted(t for t in times[skip:] if t)
+        times = [t for t in times if t]
+        times = sorted(times[skip:] if len(times) > skip else times)
         if times:
             per_run.append(times[len(times) // 2])
     return max(per_run) if per_run else None
@@ -307,7 +309,7 @@ def main(argv=None):
     # 3. the bench at COCO scale (each section guarded and written as it ends)
     print(f"[gpu_check] bench ({steps['cuda_tests']['status']} before; {left():.0f} s left) ...", flush=True)
     bench_json = os.path.join(args.out, "bench.json")
-    bench = [py, "benchmarks/run_all.py", "--device", device, "--only", "sampler,detector,bfp_memory", "--output",
+    bench = [py, "dev/bench/run_all.py", "--device", device, "--only", "sampler,detector,bfp_memory", "--output",
              bench_json]
     bench += ["--short", "128", "--reps", "1", "--rounds", "1"] if args.dry_run else ["--short", "800", "--rounds", "3"]
     steps["bench"] = run_step("bench", bench, min(cap(200), max(30, left() * 0.45)), logs)
@@ -362,7 +364,7 @@ def run_retinanet(args, steps, work, logs, py, device, left, cap, save):
                 # an evaluation half-way: a run cut at its limit still returns what it reached
                 "TEST.EVAL_PERIOD", str(max(1, iters // 2))]
     abl_dir = os.path.join(work, "retinanet")
-    ablate = [py, "tools/ablate.py", "--preset", "builtin-retinanet", "--no-components", "--seeds", *seeds,
+    ablate = [py, "dev/ablate.py", "--preset", "builtin-retinanet", "--no-components", "--seeds", *seeds,
               "--jobs", str(jobs), "-o", abl_dir, "--", *base_opts, *schedule]
     print(f"[gpu_check] retinanet: {jobs} runs of {iters} iterations ({left():.0f} s left) ...", flush=True)
     steps["retinanet"].update(run_step("retinanet", ablate, max(20, left() - 15), logs, env=threads_env))

@@ -1,30 +1,30 @@
 #!/usr/bin/env bash
-# Prepare the folder that tools/gpu_check.sh needs on a GPU machine without network.
+# Prepare the folder that dev/gpu/gpu_check.sh needs on a GPU machine without network.
 #
-#   bash tools/gpu_prepare.sh [CARRY]        (default CARRY=gpu_carry, git-ignored)
+#   bash dev/gpu/gpu_prepare.sh [CARRY]        (default CARRY=gpu_carry, git-ignored)
 #
 # CARRY/wheels/  wheels for CPython 3.12 on x86_64 Linux of everything detectron2 0.6 and
 #                libra-d2 need beyond what such a machine's image has (torch, torchvision,
 #                numpy, scipy, opencv, onnxruntime, pytest, Pillow): compiled ones for cp312,
 #                pure-Python ones as py3-none-any
-# CARRY/detectron2-0.6-*.whl   the Python-only detectron2 0.6 (tools/install_detectron2.py
+# CARRY/detectron2-0.6-*.whl   the Python-only detectron2 0.6 (dev/env/install_detectron2.py
 #                --wheel-dir: torchvision provides the CUDA RoIAlign and NMS)
 # CARRY/COMMIT   the commit of this checkout (+dirty when a file is modified or untracked)
-# CARRY/TREE_DIGEST  sha256 of the code (tools/gpu_check.py tree_digest), checked there
+# CARRY/TREE_DIGEST  sha256 of the code (dev/gpu/gpu_check.py tree_digest), checked there
 # CARRY/MANIFEST.json  every wheel with its tags and size
 # Needs network to PyPI here; run it from the repository root. Then on the GPU machine:
-#   bash tools/gpu_check.sh CARRY OUT       (docs/compatibility.md)
+#   bash dev/gpu/gpu_check.sh CARRY OUT       (docs/compatibility.md)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 CARRY=${1:-gpu_carry}
 PY=${PYTHON:-python3}
 rm -rf "$CARRY"
 mkdir -p "$CARRY/wheels"
-# what the image lacks: detectron2 0.6's and libra-d2's requirements (tools/install_detectron2.py
+# what the image lacks: detectron2 0.6's and libra-d2's requirements (dev/env/install_detectron2.py
 # REQUIRES and setup.cfg), less what the image has
 REQS=$("$PY" - <<'PY'
 import re, sys
-sys.path.insert(0, "tools")
+sys.path.insert(0, "dev/env")
 from install_detectron2 import REQUIRES
 image = {"numpy", "pillow", "torch", "torchvision", "scipy", "opencv-python-headless", "pytest"}
 extra = ["fvcore>=0.1.5,<0.1.6", "pycocotools>=2.0.2", "tqdm", "pytest-timeout"]
@@ -49,14 +49,14 @@ echo "[gpu_prepare] requirements: $(echo $REQS | tr '\n' ' ')"
 for name in numpy pillow torch torchvision scipy opencv nvidia triton setuptools; do
   find "$CARRY/wheels" -maxdepth 1 -iname "${name}[-_]*.whl" -delete
 done
-"$PY" tools/install_detectron2.py --wheel-dir "$CARRY" --workdir "$(mktemp -d)"
+"$PY" dev/env/install_detectron2.py --wheel-dir "$CARRY" --workdir "$(mktemp -d)"
 commit=$(git rev-parse HEAD)
 # dirty: any modified or untracked (not ignored) file
 [[ -z $(git status --porcelain --untracked-files=normal -- . ":(exclude)$CARRY") ]] || commit="$commit+dirty"
 echo "$commit" > "$CARRY/COMMIT"
-# the digest of the code the check runs: tools/gpu_check.sh's preflight compares it with the
+# the digest of the code the check runs: dev/gpu/gpu_check.sh's preflight compares it with the
 # tree it finds there (no .git travels)
-"$PY" tools/gpu_check.py --out "$(mktemp -d)" --write-digest "$CARRY/TREE_DIGEST"
+"$PY" dev/gpu/gpu_check.py --out "$(mktemp -d)" --write-digest "$CARRY/TREE_DIGEST"
 "$PY" - "$CARRY" <<'PY'
 import json, os, sys
 carry = sys.argv[1]

@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
-# Prove tools/gpu_check.sh without a GPU: the same script end to end on CPU with tiny sizes,
+# Prove dev/gpu/gpu_check.sh without a GPU: the same script end to end on CPU with tiny sizes,
 # on a copy of the tree without .git, in a throw-away environment that stands in for the GPU
 # machine's image (Python 3.12, torch 2.11.0, torchvision 0.26.0), installing every other
 # package from the carried folder alone (pip --no-index --no-deps --target), the RetinaNet
 # schedule sized by the same rule from a simulated budget (GPU_DRY_BUDGET, default 900 s).
 #
-#   bash tools/gpu_dry_run.sh            (make gpu-dry-run)
+#   bash dev/gpu/gpu_dry_run.sh            (make gpu-dry-run)
 #
 # The stand-in image (GPU_IMAGE_VENV, default /tmp/libra-d2-gpu-image; built once, with
 # network; IMAGE_PYTHON / IMAGE_TORCH choose another pair): torch, torchvision, numpy, scipy,
-# opencv, onnxruntime, pytest, Pillow and nothing else. Then: tools/gpu_prepare.sh (with
-# network), the copy, and tools/gpu_check.sh --dry-run there; fails unless the preflight,
+# opencv, onnxruntime, pytest, Pillow and nothing else. Then: dev/gpu/gpu_prepare.sh (with
+# network), the copy, and dev/gpu/gpu_check.sh --dry-run there; fails unless the preflight,
 # every step and every bench section passed and the RetinaNet schedule was sized.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
 IMAGE=${GPU_IMAGE_VENV:-/tmp/libra-d2-gpu-image}
 WORK=${GPU_DRY_WORK:-$(mktemp -d /tmp/libra-d2-gpu-dry.XXXXXX)}
@@ -44,16 +44,16 @@ for pkg in detectron2 fvcore pycocotools; do
   fi
 done
 say "preparing the carried folder"
-bash tools/gpu_prepare.sh "$WORK/gpu_carry" > "$WORK/prepare.log" 2>&1 || { tail -20 "$WORK/prepare.log"; exit 1; }
+bash dev/gpu/gpu_prepare.sh "$WORK/gpu_carry" > "$WORK/prepare.log" 2>&1 || { tail -20 "$WORK/prepare.log"; exit 1; }
 say "copying the tree without .git to $WORK/tree"
 mkdir -p "$WORK/tree"
 git ls-files -co --exclude-standard -z | tar --null -T - -cf - | tar -xf - -C "$WORK/tree"
 mv "$WORK/gpu_carry" "$WORK/tree/gpu_carry"
 [[ ! -e $WORK/tree/.git ]]
 cd "$WORK/tree"
-say "running tools/gpu_check.sh --dry-run"
+say "running dev/gpu/gpu_check.sh --dry-run"
 mkdir -p "$WORK/out"
-PYTHON="$IMAGE/bin/python" OUT="$WORK/out" GPU_CHECK_SITE="$WORK/site" bash tools/gpu_check.sh gpu_carry "$WORK/out" --dry-run --budget "${GPU_DRY_BUDGET:-900}" 2>&1 | tee "$WORK/out/console.log"
+PYTHON="$IMAGE/bin/python" OUT="$WORK/out" GPU_CHECK_SITE="$WORK/site" bash dev/gpu/gpu_check.sh gpu_carry "$WORK/out" --dry-run --budget "${GPU_DRY_BUDGET:-900}" 2>&1 | tee "$WORK/out/console.log"
 "$IMAGE/bin/python" - "$WORK/out" "$WORK/tree/gpu_carry/COMMIT" <<'PY'
 import json, os, sys
 out, commit_file = sys.argv[1], sys.argv[2]

@@ -1,8 +1,8 @@
-"""The reference side of tools/compare_with_mmdet.py: runs inside an mmdetection (3.x)
+"""The reference side of dev/reference/compare_with_mmdet.py: runs inside an mmdetection (3.x)
 environment, never in libra-d2's. It imports only torch, numpy, mmengine and mmdet.
 
-    MMDET_PYTHON tools/mmdet_reference_side.py run --config CFG --checkpoint CKPT --io DIR
-    MMDET_PYTHON tools/mmdet_reference_side.py init-random --config CFG --out CKPT [--seed N]
+    MMDET_PYTHON dev/reference/mmdet_reference_side.py run --config CFG --checkpoint CKPT --io DIR
+    MMDET_PYTHON dev/reference/mmdet_reference_side.py init-random --config CFG --out CKPT [--seed N]
 
 ``run`` reads DIR/request.json (written by compare_with_mmdet.py) and DIR/image_bgr.npy,
 DIR/priority.npy, and writes DIR/reference.npz and DIR/reference.json: the neck outputs,

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Print (or check) the README's results tables from the committed data files.
 
-    python tools/results_tables.py            # print the generated blocks
-    python tools/results_tables.py --write    # replace the blocks in README.md and docs/performance.md
-    python tools/results_tables.py --check    # exit 1 if a block differs
+    python dev/results_tables.py            # print the generated blocks
+    python dev/results_tables.py --write    # replace the blocks in README.md and docs/performance.md
+    python dev/results_tables.py --check    # exit 1 if a block differs
 
 README.md's block sits between ``<!-- results:begin -->`` and ``<!-- results:end -->``;
 docs/performance.md's (``<!-- bench:begin -->`` ... ``<!-- bench:end -->``) holds one table per
@@ -22,7 +22,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from libra_d2.analysis.ablation import build_report, identity_equivalence, summarize_metric  # noqa: E402
+from dev.records.ablation import build_report, identity_equivalence, summarize_metric  # noqa: E402
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 # the headline sets, one data file per processor class: (file, class as the pair labels name it)
@@ -128,7 +128,7 @@ def bench_files():
 
 def generate_bench():
     """One table per committed bench file, headed by where and from what it was measured."""
-    from benchmarks.run_all import bench_table
+    from dev.bench.run_all import bench_table
 
     parts = []
     for path in bench_files():
@@ -399,7 +399,7 @@ def main(argv=None):
             text = f.read()
         if args.check:
             if block_of(text, tag, rel) != block:
-                print(f"{rel}'s {tag} block differs from the data; run tools/results_tables.py --write", file=sys.stderr)
+                print(f"{rel}'s {tag} block differs from the data; run dev/results_tables.py --write", file=sys.stderr)
                 status = 1
         elif args.write:
             begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU measurement on a machine without network, from the repository root:
 #
-#   bash tools/gpu_check.sh CARRY OUT [--dry-run] [--budget SECONDS]
+#   bash dev/gpu/gpu_check.sh CARRY OUT [--dry-run] [--budget SECONDS]
 #
-# CARRY (default gpu_carry) is the folder tools/gpu_prepare.sh made; OUT (default $OUT, else
+# CARRY (default gpu_carry) is the folder dev/gpu/gpu_prepare.sh made; OUT (default $OUT, else
 # output/gpu) receives gpu_check.json, bench.json, retinanet_ablation.{json,md}, logs.tar.gz
 # and install.log (the caller tees the console to a seventh file). Steps:
 #  1. preflight, before anything is installed: the carried folder is there and was prepared
@@ -12,9 +12,9 @@
 #  2. the carried wheels installed without network into a folder of their own
 #     (pip --no-index --no-deps --target, then PYTHONPATH): the image's environment is never
 #     written to, so a read-only site-packages is no obstacle;
-#  3. tools/gpu_check.py, each step bounded in time.
+#  3. dev/gpu/gpu_check.py, each step bounded in time.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 CARRY=gpu_carry
 OUTDIR=${OUT:-output/gpu}
 ARGS=()
@@ -30,7 +30,7 @@ done
 PY=${PYTHON:-python3}
 mkdir -p "$OUTDIR"
 export PYTHONWARNINGS=ignore
-"$PY" tools/gpu_check.py --preflight --carry "$CARRY" --out "$OUTDIR" "${DRY[@]}" || {
+"$PY" dev/gpu/gpu_check.py --preflight --carry "$CARRY" --out "$OUTDIR" "${DRY[@]}" || {
   echo "[gpu_check] preflight failed: nothing installed or run (details above and in $OUTDIR/gpu_check.json)" >&2
   exit 3
 }
@@ -48,4 +48,4 @@ fi
 export LIBRA_D2_COMMIT
 LIBRA_D2_COMMIT=$(cat "$CARRY/COMMIT")
 export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
-"$PY" tools/gpu_check.py --carry "$CARRY" --out "$OUTDIR" "${ARGS[@]}"
+"$PY" dev/gpu/gpu_check.py --carry "$CARRY" --out "$OUTDIR" "${ARGS[@]}"

@@ -14,7 +14,7 @@
 #                Re-runs rebuild when the tree's git commit changes. Use a separate VENV to
 #                keep both, e.g. `make test DETECTRON2_SRC=~/detectron2 VENV=.venv-main`.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-$ROOT/.venv}
@@ -33,7 +33,7 @@ if [[ -n $D2_SRC ]]; then
   D2_SRC=$(cd "$D2_SRC" && pwd)
   D2_ID="$D2_SRC@$(git -C "$D2_SRC" rev-parse HEAD 2>/dev/null || echo no-git)"
 fi
-stamp_key=$( (cat setup.cfg pyproject.toml tools/setup_env.sh tools/install_detectron2.py; echo "$D2_ID") | sha256sum | cut -c1-16)
+stamp_key=$( (cat setup.cfg pyproject.toml dev/env/setup_env.sh dev/env/install_detectron2.py; echo "$D2_ID") | sha256sum | cut -c1-16)
 STAMP="$VENV/.libra_d2_setup_$stamp_key"
 
 if [[ -f $STAMP ]] && "$PY" -c "import torch, torchvision, detectron2, libra_d2" >/dev/null 2>&1; then
@@ -57,8 +57,8 @@ fi
 # detectron2: a given source tree; else keep an importable one; else build the Python part of v0.6.
 CONSTRAINTS="$VENV/libra_d2_constraints.txt"
 D2_RECORD="$VENV/libra_d2_detectron2_source"
-# the 0.6 fallback is rebuilt when tools/install_detectron2.py changes (a user's own detectron2 is never touched)
-INSTALLER_ID=$(sha256sum tools/install_detectron2.py | cut -c1-16)
+# the 0.6 fallback is rebuilt when dev/env/install_detectron2.py changes (a user's own detectron2 is never touched)
+INSTALLER_ID=$(sha256sum dev/env/install_detectron2.py | cut -c1-16)
 INSTALLER_RECORD="$VENV/libra_d2_detectron2_installer"
 if [[ -n $D2_SRC ]]; then
   if [[ -f $D2_RECORD && $(cat "$D2_RECORD") == "$D2_ID" ]] && "$PY" -c "import detectron2" >/dev/null 2>&1; then
@@ -87,14 +87,14 @@ elif [[ -f $CONSTRAINTS ]] && "$PY" -c "import detectron2" >/dev/null 2>&1 \
   say "detectron2: already installed by an earlier set-up"
 else
   if [[ -s $CONSTRAINTS ]] && "$PY" -c "import detectron2" >/dev/null 2>&1; then
-    say "detectron2: the 0.6 fallback in this venv comes from an older tools/install_detectron2.py; reinstalling it"
+    say "detectron2: the 0.6 fallback in this venv comes from an older dev/env/install_detectron2.py; reinstalling it"
   else
     say "detectron2: not importable; building the Python part of detectron2 0.6 from the PyPI sdist pb1-detectron2==0.6"
   fi
   say "  (pins numpy<1.24, Pillow<10, setuptools<82 in this venv: detectron2 0.6 needs them)"
   printf 'numpy<1.24\nPillow<10\nsetuptools<82\n' > "$CONSTRAINTS"
   $PIP install -c "$CONSTRAINTS" "numpy<1.24" "Pillow<10" "setuptools>=64,<82" wheel
-  "$PY" tools/install_detectron2.py --constraints "$CONSTRAINTS" --workdir "$VENV/src"
+  "$PY" dev/env/install_detectron2.py --constraints "$CONSTRAINTS" --workdir "$VENV/src"
   echo "$INSTALLER_ID" > "$INSTALLER_RECORD"
 fi
 

@@ -2,16 +2,16 @@
 """Run an ablation (variants x seeds, paired by seed) through train_net.py and report it.
 
     # Faster R-CNN vs Libra R-CNN vs each Libra component alone, 3 seeds, built-in data
-    python tools/ablate.py --preset builtin-rcnn --seeds 1 2 3 --output-dir output/ablation/rcnn
+    python dev/ablate.py --preset builtin-rcnn --seeds 1 2 3 --output-dir output/ablation/rcnn
     # any configs; the first is the baseline unless --baseline names another
-    python tools/ablate.py --config base=configs/COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml \\
+    python dev/ablate.py --config base=configs/COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml \\
         --config libra=configs/COCO-Detection/libra_faster_rcnn_R_50_FPN_1x.yaml \\
         --seeds 1 2 3 --train-args "--num-gpus 8" --output-dir output/ablation/coco
     # one base config plus named switches (each "KEY VALUE ..." applied to the base)
-    python tools/ablate.py --base configs/builtin/faster_rcnn_R_18_FPN_cpu.yaml \\
+    python dev/ablate.py --base configs/builtin/faster_rcnn_R_18_FPN_cpu.yaml \\
         --switch bfp="MODEL.BACKBONE.NAME build_resnet_bfp_backbone" --seeds 1 2 3 -o output/abl
     # options after "--" go to every run (e.g. a shorter schedule)
-    python tools/ablate.py --preset builtin-rcnn -o output/abl -- SOLVER.MAX_ITER 400
+    python dev/ablate.py --preset builtin-rcnn -o output/abl -- SOLVER.MAX_ITER 400
 
 ``--jobs N`` runs N trainings at once (CPU: threads split between them; GPU users pass
 ``--train-args "--num-gpus K"`` and keep one job). Run ``(variant, seed)`` trains in ``OUT/<variant>/seed<seed>`` with ``SEED <seed>``. A run
@@ -35,7 +35,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from libra_d2.analysis.ablation import (  # noqa: E402
+from dev.records.ablation import (  # noqa: E402
     PRESET_NAMES,
     Variant,
     build_report,
@@ -46,7 +46,7 @@ from libra_d2.analysis.ablation import (  # noqa: E402
     report_markdown,
     run_status,
 )
-from libra_d2.utils.provenance import provenance  # noqa: E402
+from dev.records.provenance import provenance  # noqa: E402
 
 
 def parse_args(argv=None):

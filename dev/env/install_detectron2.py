@@ -19,7 +19,7 @@ GPU users should build detectron2 from source for their CUDA first; the set-up s
 keeps any importable detectron2 and never runs this file then.
 
 ``--wheel-dir DIR`` builds a wheel instead of installing, for a machine without network
-(tools/gpu_prepare.sh): its requirements leave numpy and Pillow unpinned (Python 3.12 has
+(dev/gpu/gpu_prepare.sh): its requirements leave numpy and Pillow unpinned (Python 3.12 has
 no wheels of numpy < 1.24 or Pillow < 10), and the four names those releases removed are
 replaced by their equivalents where 0.6 uses them (``Image.LINEAR`` -> ``Image.BILINEAR``,
 its alias; ``np.bool`` / ``np.int`` / ``np.float`` -> ``bool`` / ``int`` / ``float``).
@@ -111,7 +111,7 @@ def has_cuda():
 
 FAST_EVAL_FALLBACK = '''
 
-# Added by libra-d2's tools/install_detectron2.py: without the C++ extension, the fast COCO
+# Added by libra-d2's dev/env/install_detectron2.py: without the C++ extension, the fast COCO
 # evaluation is pycocotools' own (what detectron2 main falls back to by itself).
 if getattr(_C, "IS_PLACEHOLDER", False):
     COCOeval_opt = COCOeval  # noqa: F811

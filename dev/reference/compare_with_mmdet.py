@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Compare a converted reference checkpoint in libra-d2 with the reference itself (mmdetection).
 
-    python tools/compare_with_mmdet.py --mmdet-python MMDET_PYTHON \\
+    python dev/reference/compare_with_mmdet.py --mmdet-python MMDET_PYTHON \\
         --mmdet-config MMDET_CONFIGS/libra_rcnn/libra-faster-rcnn_r50_fpn_1x_coco.py \\
         --checkpoint libra_faster_rcnn_r50_fpn_1x_coco.pth --train-losses -o output/compare.json
 
@@ -9,7 +9,7 @@
 configs folder, ``<mmdet package>/.mim/configs``.) The checkpoint is converted in memory with
 tools/convert_mmdet_checkpoint.py's rules (and loaded the same way: no code from the file
 runs unless ``--trust-checkpoint``). The reference runs in its own interpreter
-(tools/mmdet_reference_side.py, a subprocess), libra-d2 here, on the same image (yours with
+(dev/reference/mmdet_reference_side.py, a subprocess), libra-d2 here, on the same image (yours with
 ``--image``, else a generated 320x416 one), neither side resizing it. Reported:
 
 * neck outputs, level by level: max |difference| / max |reference|;
@@ -37,10 +37,10 @@ import time
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from tools.mmdet_reference_side import choose_by_priority  # noqa: E402
+from dev.reference.mmdet_reference_side import choose_by_priority  # noqa: E402
 
 LOSS_NAMES = {"loss_rpn_cls": "loss_rpn_cls", "loss_rpn_loc": "loss_rpn_bbox", "loss_cls": "loss_cls",
               "loss_box_reg": "loss_bbox"}
@@ -417,7 +417,7 @@ def parse_gt(specs):
 
 
 def run_reference(mmdet_python, config, checkpoint, io_dir):
-    side = os.path.join(ROOT, "tools", "mmdet_reference_side.py")
+    side = os.path.join(ROOT, "dev", "reference", "mmdet_reference_side.py")
     probe = subprocess.run([mmdet_python, "-c", "import mmdet, mmengine, mmcv"], capture_output=True, text=True)
     if probe.returncode != 0:
         raise SystemExit(f"compare_with_mmdet: {mmdet_python} cannot import mmdet/mmengine/mmcv: "
@@ -456,7 +456,7 @@ def main(argv=None):
     ap.add_argument("-o", "--output", help="report json")
     args = ap.parse_args(argv)
 
-    from libra_d2.utils.provenance import provenance
+    from dev.records.provenance import provenance
     from libra_d2.utils.safe_load import UntrustedCheckpointError
 
     t0 = time.time()
@@ -484,7 +484,7 @@ def main(argv=None):
 
     report = {"checkpoint": os.path.abspath(args.checkpoint), "mmdet_config": args.mmdet_config,
               "architecture": "Libra Faster R-CNN" if arch == "rcnn" else "Libra RetinaNet",
-              "image_hw": list(rgb.shape[:2]), "image": args.image or "generated (tools/compare_with_mmdet.py)",
+              "image_hw": list(rgb.shape[:2]), "image": args.image or "generated (dev/reference/compare_with_mmdet.py)",
               "torch": torch.__version__, "reference_matcher": bool(args.reference_matcher),
               "reference_decoder_clamp": not args.detectron2_decoder}
     settings, anchor_info, retina_images, retina_gts, cases = [], None, None, None, []
