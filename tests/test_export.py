@@ -9,7 +9,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from libra_d2.export.exporters import ExportableDetector, _example, compare_detections, export_onnx, export_program, size_bounds, trace_detector
+from libra_d2.export.exporters import ExportableDetector, example_image, compare_detections, export_onnx, export_program, size_bounds, trace_detector
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRACE_SIZE = (192, 256)
@@ -56,7 +56,7 @@ def _assert_parity(ref, out):
 @pytest.mark.parametrize("config", CONFIGS + [CASCADE, MASK])
 def test_traced_model_matches_eager_on_other_sizes(libra_cfg, tmp_path, config):
     cfg, model = _model(libra_cfg, config)
-    traced = trace_detector(model, _example(cfg, TRACE_SIZE))
+    traced = trace_detector(model, example_image(cfg, TRACE_SIZE))
     from detectron2.modeling.roi_heads import cascade_rcnn
 
     assert "apply" not in vars(cascade_rcnn._ScaleGradient)  # the cascade's gradient scaling is back
@@ -64,7 +64,7 @@ def test_traced_model_matches_eager_on_other_sizes(libra_cfg, tmp_path, config):
     traced.save(path)
     loaded = torch.jit.load(path)
     for i, size in enumerate(CHECK_SIZES):
-        x = _example(cfg, size, seed=i + 1)
+        x = example_image(cfg, size, seed=i + 1)
         ref = _eager(model, x)
         with torch.no_grad():
             out = loaded(x)
@@ -121,7 +121,7 @@ def test_export_tool_writes_a_file_that_loads_with_only_torch(libra_cfg, tmp_pat
     state = exported.state_dict if fmt == "export" else exported.state_dict()
     result = model.load_state_dict({k[len("model."):]: v for k, v in state.items()}, strict=False)
     assert not set(result.missing_keys) & {k for k, _ in model.named_parameters()}, result.missing_keys
-    x = _example(cfg, (187, 263), seed=7)
+    x = example_image(cfg, (187, 263), seed=7)
     _assert_parity(_eager(model, x), _run_fresh(path, [x], tmp_path)[0])
 
 
@@ -130,7 +130,7 @@ def _assert_onnx_parity(model, cfg, path):
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["image"]
     for i, size in enumerate(CHECK_SIZES):
-        x = _example(cfg, size, seed=i + 1)
+        x = example_image(cfg, size, seed=i + 1)
         out = tuple(torch.as_tensor(o) for o in session.run(None, {"image": x.numpy()}))
         _assert_parity(_eager(model, x), out)
 
@@ -143,7 +143,7 @@ def test_onnx_torchscript_exporter_matches_eager_with_dynamic_sizes(libra_cfg, t
     gather form), run by onnxruntime on sizes other than the traced one."""
     pytest.importorskip("onnxruntime")
     cfg, model = _model(libra_cfg, config)
-    path = export_onnx(model, _example(cfg, TRACE_SIZE), str(tmp_path / "model.onnx"), exporter="torchscript")
+    path = export_onnx(model, example_image(cfg, TRACE_SIZE), str(tmp_path / "model.onnx"), exporter="torchscript")
     assert not model.training
     _assert_onnx_parity(model, cfg, path)
 
@@ -161,7 +161,7 @@ def test_onnx_dynamo_exporter_matches_eager_with_dynamic_sizes(libra_cfg, tmp_pa
     cfg, model = _model(libra_cfg, config)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        path = export_onnx(model, _example(cfg, TRACE_SIZE), str(tmp_path / "model.onnx"))
+        path = export_onnx(model, example_image(cfg, TRACE_SIZE), str(tmp_path / "model.onnx"))
     deprecations = [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))]
     assert not deprecations, deprecations
     _assert_onnx_parity(model, cfg, path)
@@ -173,7 +173,7 @@ def test_branch_free_inference_equals_eager(libra_cfg, config):
     cfg, model = _model(libra_cfg, config)
     wrapper = ExportableDetector(model, branch_free=True)
     for i, size in enumerate(CHECK_SIZES[:2]):
-        x = _example(cfg, size, seed=i + 1)
+        x = example_image(cfg, size, seed=i + 1)
         with torch.no_grad():
             _assert_parity(_eager(model, x), wrapper(x))
 
@@ -193,13 +193,13 @@ def test_torch_export_matches_eager_on_other_sizes(libra_cfg, tmp_path, config):
     assert lo == max(s.stride for s in model.backbone.output_shape().values()) + 1 and hi >= 1333
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        program = export_program(model, _example(cfg, TRACE_SIZE))
+        program = export_program(model, example_image(cfg, TRACE_SIZE))
         path = str(tmp_path / "model.pt2")
         torch.export.save(program, path)
     deprecations = [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))]
     assert not deprecations, deprecations
     sizes = CHECK_SIZES + [(lo, lo + 3)]
-    xs = [_example(cfg, size, seed=i + 1) for i, size in enumerate(sizes)]
+    xs = [example_image(cfg, size, seed=i + 1) for i, size in enumerate(sizes)]
     for x, out in zip(xs, _run_fresh(path, xs, tmp_path)):
         _assert_parity(_eager(model, x), out)
     if config == CONFIGS[1]:  # the default ONNX exporter on the same program (the others: opt-in test above)
@@ -207,7 +207,7 @@ def test_torch_export_matches_eager_on_other_sizes(libra_cfg, tmp_path, config):
         pytest.importorskip("onnxscript")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            onnx_path = export_onnx(model, _example(cfg, TRACE_SIZE), str(tmp_path / "model.onnx"), program=program)
+            onnx_path = export_onnx(model, example_image(cfg, TRACE_SIZE), str(tmp_path / "model.onnx"), program=program)
         deprecations = [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))]
         assert not deprecations, deprecations
         _assert_onnx_parity(model, cfg, onnx_path)
@@ -222,8 +222,8 @@ def test_aoti_package_matches_eager_on_other_sizes(libra_cfg, tmp_path, config):
     from libra_d2.export import compile_aoti
 
     cfg, model = _model(libra_cfg, config)
-    path = compile_aoti(export_program(model, _example(cfg, TRACE_SIZE)), str(tmp_path / "model_aoti.pt2"))
-    xs = [_example(cfg, size, seed=i + 1) for i, size in enumerate(CHECK_SIZES)]
+    path = compile_aoti(export_program(model, example_image(cfg, TRACE_SIZE)), str(tmp_path / "model_aoti.pt2"))
+    xs = [example_image(cfg, size, seed=i + 1) for i, size in enumerate(CHECK_SIZES)]
     for x, out in zip(xs, _run_fresh(str(path), xs, tmp_path)):
         _assert_parity(_eager(model, x), tuple(out))
 
@@ -269,7 +269,7 @@ def test_data_dependent_convolutions_finds_the_mask_head(libra_cfg):
     from libra_d2.export import data_dependent_convolutions
 
     cfg, model = _model(libra_cfg, MASK)
-    names = data_dependent_convolutions(export_program(model, _example(cfg, TRACE_SIZE)))
+    names = data_dependent_convolutions(export_program(model, example_image(cfg, TRACE_SIZE)))
     head = model.roi_heads.mask_head
     assert len(names) == len([m for m in head.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))])
 
@@ -306,13 +306,13 @@ def test_exports_follow_the_reference_decoder_clamp(libra_cfg, tmp_path, config)
 
     cfg, model = built(True)
     _, plain = built(False)
-    x = _example(cfg, CHECK_SIZES[0], seed=1)
+    x = example_image(cfg, CHECK_SIZES[0], seed=1)
     ref = _eager(model, x)
     assert not compare_detections(_eager(plain, x), ref)["all_matched"]  # the clamp changes detections here
-    traced = trace_detector(model, _example(cfg, TRACE_SIZE))
+    traced = trace_detector(model, example_image(cfg, TRACE_SIZE))
     wrapper = ExportableDetector(model, branch_free=True)
     for i, size in enumerate(CHECK_SIZES[:2]):
-        x = _example(cfg, size, seed=i + 1)
+        x = example_image(cfg, size, seed=i + 1)
         ref = _eager(model, x)
         with torch.no_grad():
             _assert_parity(ref, traced(x))

@@ -99,3 +99,47 @@ def test_the_walk_reads_relative_imports(tmp_path):
     # the checker itself: a relative import from a modeling module into the engine is seen
     path = os.path.join(PKG, "modeling", "rpn.py")
     assert "libra_d2.config" in _imports(path) and "libra_d2.modeling.losses" in _imports(path)
+
+
+def _sources(*tops):
+    for top in tops:
+        path = os.path.join(ROOT, top)
+        if os.path.isfile(path):
+            yield path
+        for folder, _, files in os.walk(path):
+            yield from (os.path.join(folder, f) for f in files if f.endswith(".py"))
+
+
+def test_the_package_stands_without_the_checkout():
+    """What users import never imports the workshop (dev/) or tools/, never runs git, and never
+    names a path under configs/ (none of them ships with the installed package)."""
+    problems = []
+    for path in _sources("libra_d2"):
+        rel = os.path.relpath(path, ROOT)
+        bad = sorted(i for i in _imports(path) if i and i.split(".")[0] in ("dev", "tools", "benchmarks", "train_net"))
+        if bad:
+            problems.append(f"{rel} imports {bad}")
+        for node in ast.walk(ast.parse(open(path).read(), path)):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                v = node.value.strip()
+                if v == "git" or v.startswith("git ") or v == "configs" or v.startswith("configs/"):
+                    problems.append(f"{rel}:{node.lineno} names {v!r}")
+    assert not problems, problems
+    assert sum(1 for _ in _sources("libra_d2")) >= 30  # the walk saw the package
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """``from x import _name`` reaches into another of our modules' internals: a seam (a public
+    function) is missing. Checked over the package, tools/, dev/ and train_net.py. (One
+    detectron2 helper, ``_dense_box_regression_loss``, is used as detectron2's own RetinaNet
+    uses it, on both versions; detectron2's names are outside this rule.)"""
+    offenders = []
+    for path in _sources("libra_d2", "tools", "dev", "train_net.py"):
+        for node in ast.walk(ast.parse(open(path).read(), path)):
+            ours = isinstance(node, ast.ImportFrom) and (node.level > 0 or (node.module or "").split(".")[0] in
+                                                         ("libra_d2", "dev", "tools", "benchmarks", "train_net"))
+            if ours:
+                private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                if private:
+                    offenders.append(f"{os.path.relpath(path, ROOT)}:{node.lineno} {node.module or '.'}: {private}")
+    assert not offenders, offenders

@@ -193,7 +193,7 @@ def test_bfp_on_other_backbones_trains_evaluates_resumes_and_exports(shapes_root
             LazyConfig.load(os.path.join(ROOT, "configs/lazy", name))
         return
     from libra_d2.export import compare_detections, export_program
-    from libra_d2.export.exporters import _example
+    from libra_d2.export.exporters import example_image
     from libra_d2.modeling.backbone import BFPBackbone
 
     config = os.path.join(ROOT, "configs/lazy", name)
@@ -218,7 +218,7 @@ def test_bfp_on_other_backbones_trains_evaluates_resumes_and_exports(shapes_root
     assert isinstance(model.backbone, BFPBackbone)
     model.load_state_dict(a)
     model.roi_heads.box_predictor.test_score_thresh = 0.0  # detections to compare even after 4 iterations
-    image = _example(type("C", (), {"MODEL": type("M", (), {"DEVICE": "cpu"})})(), (192, 256))
+    image = example_image(type("C", (), {"MODEL": type("M", (), {"DEVICE": "cpu"})})(), (192, 256))
     if "vitdet" in name:
         # torch.export cannot give ViTDet's ViT dynamic sizes (with or without the wrapper):
         # refused, naming the backbone as the cause

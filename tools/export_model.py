@@ -83,11 +83,11 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     import torch
 
-    from libra_d2.export.exporters import ExportableDetector, _example, compare_detections, default_example_size, export_onnx, trace_detector
+    from libra_d2.export.exporters import ExportableDetector, example_image, compare_detections, default_example_size, export_onnx, trace_detector
 
     cfg, model = build(args.config_file, args.opts)
     size = parse_size(args.size) if args.size else default_example_size(cfg)
-    example = _example(cfg, size)
+    example = example_image(cfg, size)
     os.makedirs(args.output, exist_ok=True)
     eager = ExportableDetector(model)
 
@@ -138,7 +138,7 @@ def main(argv=None):
     ok = True
     for i, text in enumerate(args.check_sizes):
         h, w = parse_size(text)
-        x = _example(cfg, (h, w), seed=i + 1)
+        x = example_image(cfg, (h, w), seed=i + 1)
         with torch.no_grad():
             c = compare_detections(eager(x), run(x))
         report["checks"][text] = c

@@ -462,12 +462,12 @@ def _export_bench_model(device):
     from detectron2.modeling import build_model
 
     from libra_d2.config import get_libra_cfg
-    from libra_d2.export.exporters import _example
+    from libra_d2.export.exporters import example_image
 
     cfg = get_libra_cfg(os.path.join(ROOT, "configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml"))
     cfg.MODEL.DEVICE = device.type
     torch.manual_seed(0)
-    return build_model(cfg).eval(), _example(cfg, (192, 256)).to(device)
+    return build_model(cfg).eval(), example_image(cfg, (192, 256)).to(device)
 
 
 def bench_export(device, reps, rounds):

@@ -1,11 +1,12 @@
-"""Writing a generated dataset folder atomically."""
+"""Writing a generated dataset folder atomically, once across processes."""
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import tempfile
 
-__all__ = ["atomic_folder"]
+__all__ = ["atomic_folder", "generate_once"]
 
 
 @contextlib.contextmanager
@@ -26,3 +27,26 @@ def atomic_folder(path, marker):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def _file_lock(path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def generate_once(path, is_complete, generate):
+    """Return ``path`` after ``generate()`` has made it complete, running ``generate`` at most
+    once across concurrent processes: check, take the lock ``path + ".lock"``, check again,
+    generate. ``is_complete()`` -> bool says whether the data are already there."""
+    if is_complete():
+        return path
+    with _file_lock(path):
+        if not is_complete():
+            generate()
+    return path

@@ -12,8 +12,8 @@ import json
 import os
 import shutil
 
-from .atomic import atomic_folder
-from .shapes import SPLITS, _lock, dataset_dir, ensure_generated
+from .atomic import atomic_folder, generate_once
+from .shapes import SPLITS, dataset_dir, ensure_generated
 
 __all__ = ["PORTRAIT_EVERY", "mixed_dir", "ensure_mixed"]
 
@@ -74,9 +74,10 @@ def ensure_mixed(root=None):
     if _complete(path):
         return path
     src = ensure_generated(root)
-    with _lock(path):
-        if not _complete(path):
-            with atomic_folder(path, _marker()) as tmp:
-                for split in SPLITS:
-                    _write_split(src, tmp, split)
-    return path
+
+    def make():
+        with atomic_folder(path, _marker()) as tmp:
+            for split in SPLITS:
+                _write_split(src, tmp, split)
+
+    return generate_once(path, lambda: _complete(path), make)

@@ -13,7 +13,8 @@ import tempfile
 
 import numpy as np
 
-from .shapes import SPLITS, _lock, ensure_generated, render_image
+from .atomic import generate_once
+from .shapes import SPLITS, ensure_generated, render_image
 
 __all__ = ["segm_json", "ensure_segm"]
 
@@ -57,10 +58,10 @@ def _write(path, split, seed):
 def ensure_segm(root=None, seed=0):
     """Return the libra_shapes folder, with the mask annotation files written if missing."""
     path = ensure_generated(root, seed)
-    if all(os.path.isfile(segm_json(path, s)) for s in SPLITS):
-        return path
-    with _lock(path):
+
+    def make():
         for split in SPLITS:
             if not os.path.isfile(segm_json(path, split)):
                 _write(path, split, seed)
-    return path
+
+    return generate_once(path, lambda: all(os.path.isfile(segm_json(path, s)) for s in SPLITS), make)

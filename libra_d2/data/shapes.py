@@ -15,15 +15,13 @@ generator version and sizes). Generation writes into a temporary folder that is 
 into place, under a file lock, so a crash never leaves a half-written dataset that looks
 complete; a missing or stale ``COMPLETE`` triggers regeneration.
 """
-import contextlib
-import fcntl
 import json
 import logging
 import os
 
 import numpy as np
 
-from .atomic import atomic_folder
+from .atomic import atomic_folder, generate_once
 
 __all__ = ["CLASSES", "SPLITS", "dataset_dir", "ensure_generated", "generate", "render_image"]
 
@@ -184,25 +182,13 @@ def generate(path, seed=0, progress=True):
     return path
 
 
-@contextlib.contextmanager
-def _lock(path):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def ensure_generated(root=None, seed=0, progress=True):
     """Return the dataset folder, generating it first if it is missing or incomplete."""
     path = dataset_dir(root)
-    if is_complete(path, seed):
-        return path
-    with _lock(path):
-        if not is_complete(path, seed):
-            logger.info("Generating the built-in dataset libra_shapes in %s ...", path)
-            print(f"[libra_shapes] generating the built-in dataset in {path}", flush=True)
-            generate(path, seed, progress)
-    return path
+
+    def make():
+        logger.info("Generating the built-in dataset libra_shapes in %s ...", path)
+        print(f"[libra_shapes] generating the built-in dataset in {path}", flush=True)
+        generate(path, seed, progress)
+
+    return generate_once(path, lambda: is_complete(path, seed), make)

@@ -29,7 +29,7 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
-__all__ = ["BackboneExportError", "ExportableDetector", "trace_detector", "export_program", "compile_aoti",
+__all__ = ["example_image", "BackboneExportError", "ExportableDetector", "trace_detector", "export_program", "compile_aoti",
            "data_dependent_convolutions", "size_bounds", "export_onnx", "ONNX_EXPORTERS", "default_example_size",
            "compare_detections"]
 
@@ -105,14 +105,14 @@ class ExportableDetector(nn.Module):
         return model.inference(anchors, logits, deltas, images.image_sizes)[0]
 
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        from .inference import _clip, _nonempty, paste_masks
+        from .inference import clip_boxes, nonempty_boxes, paste_masks
 
         # what detectron2's post-processing does at scale 1: clip to the image, drop empty
         # boxes, paste the masks into the image at their boxes
         if self.branch_free:
             dets = self._branch_free(image)
-            boxes = _clip(dets[0], image.shape[-2:])
-            keep = _nonempty(boxes)
+            boxes = clip_boxes(dets[0], image.shape[-2:])
+            keep = nonempty_boxes(boxes)
             out = (boxes[keep], dets[1][keep], dets[2][keep])
             probs = dets[3] if self.with_masks else None
         else:
@@ -134,7 +134,9 @@ def default_example_size(cfg) -> Tuple[int, int]:
     return h, w
 
 
-def _example(cfg, size, seed=0):
+def example_image(cfg, size, seed=0):
+    """A seeded random image ``(3, H, W)`` in [0, 255) on ``cfg.MODEL.DEVICE``: the tracing and
+    parity input of the exporters."""
     g = torch.Generator().manual_seed(seed)
     return (torch.rand(3, size[0], size[1], generator=g) * 255.0).to(cfg.MODEL.DEVICE)
 

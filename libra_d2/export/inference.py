@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import nms
 
-__all__ = ["preprocess", "level_anchors", "batched_nms_offset", "rpn_proposals", "box_detections",
+__all__ = ["clip_boxes", "nonempty_boxes", "preprocess", "level_anchors", "batched_nms_offset", "rpn_proposals", "box_detections",
            "cascade_detections", "mask_probabilities", "paste_masks", "retinanet_detections"]
 
 
@@ -68,14 +68,16 @@ def batched_nms_offset(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.
     return nms(shifted, scores, iou)
 
 
-def _clip(boxes: torch.Tensor, size) -> torch.Tensor:
+def clip_boxes(boxes: torch.Tensor, size) -> torch.Tensor:
+    """Boxes ``(..., 4)`` XYXY clamped to an image of ``size`` (h, w), traceable."""
     h, w = size
     x0, y0, x1, y1 = boxes.unbind(-1)
     return torch.stack((x0.clamp(min=0, max=w), y0.clamp(min=0, max=h), x1.clamp(min=0, max=w),
                         y1.clamp(min=0, max=h)), dim=-1)
 
 
-def _nonempty(boxes: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+def nonempty_boxes(boxes: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+    """Boolean mask ``(N,)``: boxes ``(N, 4)`` wider and taller than ``threshold``."""
     return ((boxes[:, 2] - boxes[:, 0]) > threshold) & ((boxes[:, 3] - boxes[:, 1]) > threshold)
 
 
@@ -101,8 +103,8 @@ def rpn_proposals(rpn, features: Dict[str, torch.Tensor], image_size) -> torch.T
     boxes, scores, levels = torch.cat(boxes_all), torch.cat(scores_all), torch.cat(levels_all)
     valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
     boxes, scores, levels = boxes[valid], scores[valid], levels[valid]
-    boxes = _clip(boxes, image_size)
-    keep = _nonempty(boxes, rpn.min_box_size)
+    boxes = clip_boxes(boxes, image_size)
+    keep = nonempty_boxes(boxes, rpn.min_box_size)
     boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
     keep = batched_nms_offset(boxes, scores, levels, rpn.nms_thresh)[:post_topk]
     return boxes[keep]
@@ -131,7 +133,7 @@ def cascade_detections(roi_heads, features: Dict[str, torch.Tensor], proposals: 
     n = roi_heads.num_cascade_stages
     for k in range(n):
         if k > 0:
-            boxes = _clip(boxes, image_size)
+            boxes = clip_boxes(boxes, image_size)
         x = roi_heads.box_head[k](_pool(roi_heads.box_pooler, feats, boxes))
         predictor = roi_heads.box_predictor[k]
         logits, deltas = predictor(x)
@@ -221,7 +223,7 @@ def _fast_rcnn_postprocess_scored(predictor, scores, boxes, image_size):
     boxes, scores = boxes[valid], scores[valid]
     scores = scores[:, :-1]
     num_reg = boxes.shape[1] // 4
-    boxes = _clip(boxes.reshape(-1, 4), image_size).reshape(-1, num_reg, 4)
+    boxes = clip_boxes(boxes.reshape(-1, 4), image_size).reshape(-1, num_reg, 4)
     mask = scores > predictor.test_score_thresh
     inds = mask.nonzero()
     boxes = boxes[inds[:, 0], 0] if num_reg == 1 else boxes[mask]
@@ -256,8 +258,8 @@ def retinanet_detections(model, features: Dict[str, torch.Tensor], image_size):
         anchor_idx, cls = idx // k_cls, idx % k_cls
         boxes = model.box2box_transform.apply_deltas(d[anchor_idx], anc[anchor_idx])
         if clip_first:
-            boxes = _clip(boxes, image_size)
-            ok = _nonempty(boxes)
+            boxes = clip_boxes(boxes, image_size)
+            ok = nonempty_boxes(boxes)
             boxes, prob, cls = boxes[ok], prob[ok], cls[ok]
         boxes_all.append(boxes)
         scores_all.append(prob)

@@ -4,13 +4,16 @@ import functools
 
 @functools.lru_cache(maxsize=None)
 def detectron2_has_cpp_ops() -> bool:
-    """False when detectron2._C is the placeholder written by dev/env/install_detectron2.py
-    (or missing), True for a real compiled extension."""
+    """True when ``detectron2._C`` is a compiled extension module; False when it is missing
+    or a pure-Python module standing in for it (a Python-only install)."""
+    import importlib
+    from importlib.machinery import EXTENSION_SUFFIXES
+
     try:
-        from detectron2 import _C
+        ext = importlib.import_module("detectron2._C")
     except ImportError:
         return False
-    return not getattr(_C, "IS_PLACEHOLDER", False)
+    return str(getattr(ext, "__file__", "")).endswith(tuple(EXTENSION_SUFFIXES))
 
 
 @functools.lru_cache(maxsize=None)
