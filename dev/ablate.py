@@ -161,7 +161,7 @@ def write_outputs(out_dir, variants, baseline, runs, title):
 
 
 # committed seeded-identity hashes: two commits they prove equivalent pair (docs/ablation.md)
-IDENTITY = os.path.join(ROOT, "docs", "seeded_identity.json")
+IDENTITY = os.path.join(ROOT, "results", "seeded_identity.json")
 
 
 def load_identity_records(path):

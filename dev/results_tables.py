@@ -7,11 +7,11 @@
 
 README.md's block sits between ``<!-- results:begin -->`` and ``<!-- results:end -->``;
 docs/performance.md's (``<!-- bench:begin -->`` ... ``<!-- bench:end -->``) holds one table per
-committed bench file, ``docs/bench/*.json`` (``make bench``'s output, one file per machine).
+committed bench file, ``results/bench/*.json`` (``make bench``'s output, one file per machine).
 Per configuration: seeds, mean ± sample std of box AP (proposal recall for proposal-only
 models), the commits and processors the runs record; then each paired comparison the data
 allow, with the pairing rule of the ablation report (one processor class, one commit or
-commits proven equivalent by docs/seeded_identity.json): pairs, mean difference, 95%
+commits proven equivalent by results/seeded_identity.json): pairs, mean difference, 95%
 Student-t interval, verdict, or why no pair formed.
 """
 import argparse
@@ -57,7 +57,7 @@ PAIRS = [(f"{label} ({cls})", name, v, b) for name, cls in HEADLINE_SETS for v, 
 
 
 def load(name):
-    path = os.path.join(ROOT, "docs", name)
+    path = os.path.join(ROOT, "results", name)
     if not os.path.isfile(path):
         return None
     with open(path) as f:
@@ -121,7 +121,7 @@ def generate():
 
 
 def bench_files():
-    folder = os.path.join(ROOT, "docs", "bench")
+    folder = os.path.join(ROOT, "results", "bench")
     return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".json")) \
         if os.path.isdir(folder) else []
 
@@ -139,7 +139,7 @@ def generate_bench():
         flags = ", ".join(proc.get("flags") or []) or "none"
         commit = (prov.get("commit") or "unknown")[:7] + ("" if prov.get("clean") else ", tree not clean")
         versions = prov.get("versions") or {}
-        parts.append(f"`docs/bench/{os.path.basename(path)}`: {proc.get('model', mach.get('cpu', '?'))} (torch CPU "
+        parts.append(f"`results/bench/{os.path.basename(path)}`: {proc.get('model', mach.get('cpu', '?'))} (torch CPU "
                      f"capability {proc.get('cpu_capability', '?')}; flags: {flags}), {mach.get('cores', '?')} cores, "
                      f"{prov.get('threads', '?')} threads, torch {versions.get('torch', '?')}, device "
                      f"{mach.get('device', '?')}, commit {commit}\n\n{bench_table(res)}\n")
@@ -150,7 +150,7 @@ def generate_sampling():
     """docs/tools.md's table of the box head's negatives (tools/plot_sampling.py --json)."""
     data = load("sampling_negatives.json")
     if not data:
-        return "(no docs/sampling_negatives.json)\n"
+        return "(no results/sampling_negatives.json)\n"
     edges = data["bin_edges_median"]
     k = len(edges) - 1
     head = " | ".join(f"bin{i} [{edges[i]:.2f}, {edges[i + 1]:.2f})" for i in range(k))
@@ -160,7 +160,7 @@ def generate_sampling():
         shares = " | ".join(f"{v:.3f}" for v in r["shares"])
         lines.append(f"| {name} | {r['count']} | {r['mean_iou']:.3f} | {r['zero_share']:.3f} | {shares} |")
     prov = data["provenance"]
-    lines += ["", f"(`docs/sampling_negatives.json`: {data['num_images']} training images, weights "
+    lines += ["", f"(`results/sampling_negatives.json`: {data['num_images']} training images, weights "
               f"`{'/'.join(data['weights'].split('/')[-3:-1])}` of the headline runs, code at commit "
               f"{prov['commit'][:7]}, {prov['processor']['model']})"]
     return "\n".join(lines) + "\n"
@@ -311,12 +311,12 @@ def _short_opts(opts):
 
 def generate_retinanet_trials():
     """docs/retinanet_investigation.md's table: each RetinaNet recipe trial of
-    docs/retinanet_trials.json with its config, options, where it ran, box AP at every
+    results/retinanet_trials.json with its config, options, where it ran, box AP at every
     evaluation, the final class-aware and class-agnostic AP (AP50), and per class how many found
     objects (IoU >= the confusion's threshold) got the right class."""
     data = load("retinanet_trials.json")
     if not data:
-        return "(no docs/retinanet_trials.json)\n"
+        return "(no results/retinanet_trials.json)\n"
     lines = ["| trial | config, options | commit, detectron2, where, threads, wall | box AP at iteration | "
              "final AP (AP50) | class-agnostic AP (AP50) | right class / found, per class |",
              "|---|---|---|---|---|---|---|"]
@@ -341,15 +341,15 @@ def generate_retinanet_trials():
         for key in ("note", "stopped", "control"):
             if t.get(key):
                 notes.append(f"- {t['name']} ({key}): {t[key]}")
-    head = f"Data: `docs/retinanet_trials.json` ({data['note']}).\n\n"
+    head = f"Data: `results/retinanet_trials.json` ({data['note']}).\n\n"
     return head + "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
 
 def generate_anchor_coverage():
-    """docs/tools.md's anchor-coverage table (tools/anchor_coverage.py --json docs/anchor_coverage.json)."""
+    """docs/tools.md's anchor-coverage table (tools/anchor_coverage.py --json results/anchor_coverage.json)."""
     data = load("anchor_coverage.json")
     if not data:
-        return "(no docs/anchor_coverage.json)\n"
+        return "(no results/anchor_coverage.json)\n"
     lines = ["| anchors (head levels, smallest size) | foreground IoU | small: best IoU / no fg anchor / fg anchors "
              "| medium | large |", "|---|---|---|---|---|"]
     for r in data["records"]:
@@ -362,7 +362,7 @@ def generate_anchor_coverage():
     first = data["records"][0]
     n = {k: first["summary"][k]["boxes"] for k in ("small", "medium", "large", "all")}
     prov = first["provenance"]
-    lines += ["", f"(`docs/anchor_coverage.json`: {first['dataset']}, {n['all']} boxes: {n['small']} small, "
+    lines += ["", f"(`results/anchor_coverage.json`: {first['dataset']}, {n['all']} boxes: {n['small']} small, "
               f"{n['medium']} medium, {n['large']} large; config `{first['config']}` with the options each record "
               f"gives; commit {prov['commit'][:7]}; medians.)"]
     return "\n".join(lines) + "\n"

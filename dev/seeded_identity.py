@@ -2,7 +2,7 @@
 """Train every trained path a result rests on briefly, one thread, and hash the final weights.
 
     python dev/seeded_identity.py -o output/identity                       # one line per run
-    python dev/seeded_identity.py -o output/identity --append docs/seeded_identity.json --label before
+    python dev/seeded_identity.py -o output/identity --append results/seeded_identity.json --label before
 
 For changes that must not move any result: run it on the commit before and on the commit
 after (same machine, same session) and compare the hashes; equal hashes mean bit-identical
@@ -96,7 +96,7 @@ def main(argv=None):
     ap.add_argument("-o", "--output-dir", required=True)
     ap.add_argument("--only", nargs="*", choices=sorted(RUNS), help="run names (default: all)")
     ap.add_argument("--json", help="write this record (hashes + provenance) here")
-    ap.add_argument("--append", help="append this record to a json list (e.g. docs/seeded_identity.json)")
+    ap.add_argument("--append", help="append this record to a json list (e.g. results/seeded_identity.json)")
     ap.add_argument("--label", default="", help="a word for the record, e.g. before / after")
     args = ap.parse_args(argv)
     from libra_d2.engine.cpu_amp import cpu_bf16_native

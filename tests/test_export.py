@@ -9,7 +9,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from libra_d2.export.exporters import ExportableDetector, example_image, compare_detections, export_onnx, export_program, size_bounds, trace_detector
+from libra_d2.export.exporters import ExportableDetector, compare_detections, example_image, export_onnx, export_program, size_bounds, trace_detector
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRACE_SIZE = (192, 256)

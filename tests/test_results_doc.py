@@ -1,5 +1,5 @@
 """The README's results come from the committed data: the tables are the ones
-dev/results_tables.py prints from docs/*.json, and no other figure stands in that section."""
+dev/results_tables.py prints from results/*.json, and no other figure stands in that section."""
 import os
 import re
 import subprocess
@@ -40,7 +40,7 @@ def test_every_figure_of_the_results_section_comes_from_the_data(tmp_path):
 
 
 def _bf16_figures():
-    """Every figure the bfloat16-accuracy paragraph may quote, from docs/ablation_cpu_bf16.json."""
+    """Every figure the bfloat16-accuracy paragraph may quote, from results/ablation_cpu_bf16.json."""
     from dev.records.ablation import paired_difference, summarize_metric
 
     data = results_tables.load("ablation_cpu_bf16.json")
@@ -63,7 +63,7 @@ def _plain(figs):
 def test_every_figure_of_the_performance_page_comes_from_committed_data():
     text = open(os.path.join(ROOT, "docs", "performance.md")).read()
     generated = results_tables.generate_bench()
-    assert results_tables.bench_files(), "no committed bench file (docs/bench/*.json)"
+    assert results_tables.bench_files(), "no committed bench file (results/bench/*.json)"
     assert results_tables.block_of(text, "bench", "docs/performance.md") == generated
     allowed = _plain(_figures(generated)) | _plain(_bf16_figures()) | {"0.5"}  # 0.5: an IoU in a definition
     stray = sorted(_plain(_figures(text)) - allowed)
@@ -76,15 +76,15 @@ def test_every_figure_of_the_performance_page_comes_from_committed_data():
 
 
 def test_every_run_record_names_its_commit_and_processor():
-    """Each run of every docs/*.json names a commit (or "unknown" with the oldest commit that
+    """Each run of every results/*.json names a commit (or "unknown" with the oldest commit that
     holds it) and a processor (or "unknown")."""
     import json
 
     missing = []
-    for name in sorted(os.listdir(os.path.join(ROOT, "docs"))):
+    for name in sorted(os.listdir(os.path.join(ROOT, "results"))):
         if not name.endswith(".json"):
             continue
-        data = json.load(open(os.path.join(ROOT, "docs", name)))
+        data = json.load(open(os.path.join(ROOT, "results", name)))
         if not isinstance(data, dict) or "runs" not in data:
             continue
         for r in data["runs"]:
@@ -160,7 +160,7 @@ def test_every_figure_of_the_tools_page_comes_from_the_data():
     where = "docs/tools.md"
     blocks = {"sampling": results_tables.generate_sampling(), "anchors": results_tables.generate_anchor_coverage()}
     for tag, generated in blocks.items():
-        assert "docs/" in generated and results_tables.block_of(text, tag, where) == generated, tag
+        assert "results/" in generated and results_tables.block_of(text, tag, where) == generated, tag
     allowed = _plain(set().union(*(_figures(g) for g in blocks.values()))) | _plain(_config_figures())
     stray = sorted(_plain(_figures(text)) - allowed)
     assert not stray, f"figures in {where} that no committed data give: {stray}"

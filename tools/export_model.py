@@ -83,7 +83,7 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     import torch
 
-    from libra_d2.export.exporters import ExportableDetector, example_image, compare_detections, default_example_size, export_onnx, trace_detector
+    from libra_d2.export.exporters import ExportableDetector, compare_detections, default_example_size, example_image, export_onnx, trace_detector
 
     cfg, model = build(args.config_file, args.opts)
     size = parse_size(args.size) if args.size else default_example_size(cfg)

@@ -215,7 +215,7 @@ def _clean(run):
 
 
 def identity_equivalence(records):
-    """From seeded-identity records (``docs/seeded_identity.json``: each with ``provenance``,
+    """From seeded-identity records (``results/seeded_identity.json``: each with ``provenance``,
     ``hashes`` by run name and ``runs[name]["covers"]``: the ``[config, opts]`` of the
     configurations a hash stands for), a function ``(commit_a, commit_b, processor_class,
     config, opts) -> bool``: True when both commits have a record on that processor class
