@@ -193,3 +193,22 @@ def test_train_net_on_cuda_with_amp_trainer_and_eval_only(shapes_root, tmp_path)
         again = json.load(f)
     # same weights, same images; GPU kernels may pick other algorithms between processes
     assert abs(trained["bbox"]["AP"] - again["bbox"]["AP"]) < 0.5, (trained["bbox"], again["bbox"])
+
+
+def test_an_explicit_numpy_sampler_method_is_obeyed_on_device_tensors(libra_cfg):
+    from detectron2.utils.events import EventStorage
+
+    from tests.conftest import inputs, small_heads
+
+    _, heads = small_heads(libra_cfg)
+    _, _, props, targets = inputs()
+    samples = {}
+    for where, method in (("cpu", "numpy"), ("cuda", "numpy")):
+        heads.sampler_method = method
+        heads.to(where)
+        heads.sampling_generator = torch.Generator().manual_seed(3)  # the numpy path draws from a host generator
+        p = [x.to(where) for x in props]
+        t = [x.to(where) for x in targets]
+        with EventStorage():
+            samples[where] = heads.label_and_sample_proposals(p, t)[0].proposal_boxes.tensor.cpu()
+    assert torch.equal(samples["cpu"], samples["cuda"])

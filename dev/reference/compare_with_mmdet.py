@@ -166,7 +166,6 @@ def libra_side(arch, cfg, converted, build_model, image_rgb, gt, settings, prior
     from detectron2.structures import Boxes, Instances
     from detectron2.utils.events import EventStorage
 
-    import libra_d2.modeling.rpn as rpn_module
 
     h, w = image_rgb.shape[:2]
     x = torch.from_numpy(np.ascontiguousarray(image_rgb.transpose(2, 0, 1))).float()
@@ -189,27 +188,23 @@ def libra_side(arch, cfg, converted, build_model, image_rgb, gt, settings, prior
         mask[chosen] = True
         return mask
 
-    original = rpn_module.random_subset_mask
-    rpn_module.random_subset_mask = priority_subset
-    try:
-        for s in settings:
-            torch.manual_seed(0)
-            model = _model(cfg, converted, build_model).train()
-            rpn = model.proposal_generator
-            rpn.batch_size_per_image = s["rpn_batch"]
-            rpn.positive_fraction = s["rpn_fraction"]
-            rpn.neg_pos_ub = s["rpn_neg_pos_ub"]
-            model.roi_heads.batch_size_per_image = ROI_ALL
-            gt_inst = Instances((h, w), gt_boxes=Boxes(torch.tensor(gt["boxes"], dtype=torch.float32)),
-                                gt_classes=torch.tensor(gt["classes"], dtype=torch.long))
-            with EventStorage() as storage:
-                losses = model([{"image": x, "instances": gt_inst}])
-                hist = storage.latest()
-            out["losses"][s["name"]] = {k: float(v.detach()) for k, v in losses.items()}
-            out["sampled"][s["name"]] = {"rpn_positive": int(hist["rpn/num_pos_anchors"][0]),
-                                         "rpn_negative": int(hist["rpn/num_neg_anchors"][0])}
-    finally:
-        rpn_module.random_subset_mask = original
+    for s in settings:
+        torch.manual_seed(0)
+        model = _model(cfg, converted, build_model).train()
+        rpn = model.proposal_generator
+        rpn.subset_sampler = priority_subset  # the RPN's draw, by the shared priority
+        rpn.batch_size_per_image = s["rpn_batch"]
+        rpn.positive_fraction = s["rpn_fraction"]
+        rpn.neg_pos_ub = s["rpn_neg_pos_ub"]
+        model.roi_heads.batch_size_per_image = ROI_ALL
+        gt_inst = Instances((h, w), gt_boxes=Boxes(torch.tensor(gt["boxes"], dtype=torch.float32)),
+                            gt_classes=torch.tensor(gt["classes"], dtype=torch.long))
+        with EventStorage() as storage:
+            losses = model([{"image": x, "instances": gt_inst}])
+            hist = storage.latest()
+        out["losses"][s["name"]] = {k: float(v.detach()) for k, v in losses.items()}
+        out["sampled"][s["name"]] = {"rpn_positive": int(hist["rpn/num_pos_anchors"][0]),
+                                     "rpn_negative": int(hist["rpn/num_neg_anchors"][0])}
     return out
 
 
@@ -374,11 +369,7 @@ def libra_ohem(cfg, converted, build_model, rgb, gt, case):
     props.objectness_logits = torch.zeros(len(props))
     with torch.no_grad(), EventStorage():
         feats = model.backbone(model.preprocess_image([{"image": _tensor(rgb)}]).tensor)
-        model.roi_heads._features_for_sampling = feats
-        try:
-            sampled = model.roi_heads.label_and_sample_proposals([props], [_instances(gt, hw)])[0]
-        finally:
-            model.roi_heads._features_for_sampling = None
+        sampled = model.roi_heads.label_and_sample_proposals([props], [_instances(gt, hw)], features=feats)[0]
     pos = sampled.gt_classes != model.roi_heads.num_classes
     boxes = sampled.proposal_boxes.tensor
     return {"positive": boxes[pos].tolist(), "negative": boxes[~pos].tolist()}

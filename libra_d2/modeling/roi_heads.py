@@ -13,6 +13,7 @@ from detectron2.utils.events import get_event_storage
 from ..config import require_libra_config, validate_sampler_args
 from .fast_rcnn import LibraFastRCNNOutputLayers
 from .roi_samplers import SamplingContext, get_roi_sampler, registered_samplers, sampler_needs_losses
+from .sampling import resolve_sampler_method
 
 __all__ = ["LibraROIHeads", "LibraSamplingMixin"]
 
@@ -45,7 +46,8 @@ class LibraSamplingMixin:
     """
 
     # "auto": numpy path for CPU tensors (no device to sync with), sync-free torch path on
-    # accelerators; "numpy" / "torch" force one (both implement the same semantics).
+    # accelerators; "numpy" / "torch" force one (both implement the same semantics; "numpy"
+    # on accelerator tensors copies them to the host).
     sampler_method = "auto"
 
     @configurable
@@ -59,6 +61,7 @@ class LibraSamplingMixin:
         num_bins: int = 3,
         neg_bin_upper: str = "max_iou",
         bg_iou_thresh: float = 0.5,
+        sampling_generator=None,
         **kwargs,
     ):
         validate_sampler_args(type(self).__name__, pos_sampler, neg_sampler, floor_thresh, floor_fraction, num_bins,
@@ -74,6 +77,9 @@ class LibraSamplingMixin:
         self.bg_iou_thresh = float(bg_iou_thresh)
         self._pos_sampler_fn = get_roi_sampler(pos_sampler, "positive")
         self._neg_sampler_fn = get_roi_sampler(neg_sampler, "negative")
+        # the RoI samplers' random draws: None takes torch's global generator (SEED governs it);
+        # a torch.Generator here makes the samples reproducible apart from everything else
+        self.sampling_generator = sampling_generator
         self._features_for_sampling = None
 
     @classmethod
@@ -98,10 +104,11 @@ class LibraSamplingMixin:
         return ret
 
     def _sampling_context(self, matched_idxs, gt_classes, max_iou, losses=None):
-        on_cpu = self.sampler_method == "numpy" or (self.sampler_method == "auto" and max_iou.device.type == "cpu")
+        on_cpu = resolve_sampler_method(self.sampler_method, max_iou.device) == "numpy"
         return SamplingContext(
             matched_idxs=matched_idxs, gt_classes=gt_classes, max_iou=max_iou, num_classes=self.num_classes,
-            batch_size=self.batch_size_per_image, losses=losses, on_cpu=on_cpu, num_bins=self.num_bins,
+            batch_size=self.batch_size_per_image, losses=losses, generator=self.sampling_generator,
+            on_cpu=on_cpu, num_bins=self.num_bins,
             floor_thresh=self.floor_thresh, floor_fraction=self.floor_fraction,
             bin_upper=None if self.neg_bin_upper == "max_iou" else self.bg_iou_thresh,
         )
@@ -142,22 +149,20 @@ class LibraSamplingMixin:
             self._features_for_sampling = None
 
     @torch.no_grad()
-    def label_and_sample_proposals(self, proposals: List[Instances], targets: List[Instances]) -> List[Instances]:
-        """Match proposals to targets, then sample per MODEL.LIBRA (see class docstring).
-
-        Returns the sampled proposals of each image with ``gt_classes`` (background =
-        num_classes) and, when the image has ground truth, ``gt_boxes`` and the other
-        ``gt_*`` fields of the matched target.
-        """
+    def match_proposals(self, proposals: List[Instances], targets: List[Instances]):
+        """Label each image's proposals as this head does before sampling: per image a tuple
+        ``(matched_idxs, gt_classes, max_iou)`` of ``(N,)`` tensors (index of the matched
+        ground-truth box, its class with background = ``num_classes`` and ignored = -1, and
+        the proposal's largest IoU with any ground-truth box; 0 without ground truth).
+        Ground truth is appended to the proposals first when ``proposal_append_gt``; returns
+        ``(proposals, labels)``."""
         if self.proposal_append_gt:
             proposals = add_ground_truth_to_proposals(targets, proposals)
-        uniform = self.pos_sampler == "random" and self.neg_sampler == "random"
         matched = []
         for props, tgts in zip(proposals, targets):
-            has_gt = len(tgts) > 0
             iou = pairwise_iou(tgts.gt_boxes, props.proposal_boxes)  # G x N (0 x N without gt)
             matched_idxs, matched_labels = self.proposal_matcher(iou)
-            if has_gt:
+            if len(tgts) > 0:
                 gt_classes = tgts.gt_classes[matched_idxs]
                 gt_classes[matched_labels == 0] = self.num_classes
                 gt_classes[matched_labels == -1] = -1
@@ -166,12 +171,28 @@ class LibraSamplingMixin:
                 gt_classes = torch.full_like(matched_idxs, self.num_classes)
                 max_iou = torch.zeros(len(props), device=iou.device)
             matched.append((matched_idxs, gt_classes, max_iou))
+        return proposals, matched
+
+    @torch.no_grad()
+    def label_and_sample_proposals(self, proposals: List[Instances], targets: List[Instances],
+                                   features=None) -> List[Instances]:
+        """Match proposals to targets (:meth:`match_proposals`), then sample per MODEL.LIBRA
+        (see class docstring). ``features`` (the backbone's, by name) are needed by loss-based
+        samplers ("ohem"); inside :meth:`forward` the head passes its own.
+
+        Returns the sampled proposals of each image with ``gt_classes`` (background =
+        num_classes) and, when the image has ground truth, ``gt_boxes`` and the other
+        ``gt_*`` fields of the matched target.
+        """
+        proposals, matched = self.match_proposals(proposals, targets)
+        uniform = self.pos_sampler == "random" and self.neg_sampler == "random"
+        features = features if features is not None else self._features_for_sampling
         losses = [None] * len(proposals)
         if not uniform and self._needs_losses():
-            if getattr(self, "_features_for_sampling", None) is None:
-                raise RuntimeError(f"{type(self).__name__}: a loss-based sampler ({self.pos_sampler!r} / "
-                                   f"{self.neg_sampler!r}) samples inside forward(), where the features are known")
-            losses = self._classification_losses(self._features_for_sampling, proposals, [m[1] for m in matched])
+            if features is None:
+                raise ValueError(f"{type(self).__name__}: a loss-based sampler ({self.pos_sampler!r} / "
+                                 f"{self.neg_sampler!r}) needs the features: pass features=")
+            losses = self._classification_losses(features, proposals, [m[1] for m in matched])
         out, stats_iou, stats_fg = [], [], []
         for props, tgts, (matched_idxs, gt_classes, max_iou), loss in zip(proposals, targets, matched, losses):
             has_gt = len(tgts) > 0

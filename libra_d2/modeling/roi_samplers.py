@@ -104,7 +104,8 @@ def random(ctx: SamplingContext, candidates: torch.Tensor, num: Union[int, torch
 def instance_balanced(ctx: SamplingContext, candidates: torch.Tensor, num: Union[int, torch.Tensor]) -> torch.Tensor:
     """An equal quota per matched ground-truth box (docs/semantics.md)."""
     if ctx.on_cpu:
-        index = sample_instance_balanced_positives(ctx.matched_idxs, candidates, num, generator=ctx.generator)
+        index = sample_instance_balanced_positives(ctx.matched_idxs, candidates, num, generator=ctx.generator,
+                                                   method="numpy")
         return _mask_from_index(candidates.numel(), index, candidates)
     return instance_balanced_positives_mask(ctx.matched_idxs, candidates, num, generator=ctx.generator)
 
@@ -118,8 +119,8 @@ def iou_balanced(ctx: SamplingContext, candidates: torch.Tensor, num: Union[int,
     kw = dict(num_bins=ctx.num_bins, floor_thresh=ctx.floor_thresh, floor_fraction=ctx.floor_fraction,
               upper=ctx.bin_upper, generator=ctx.generator)
     if ctx.on_cpu:
-        return _mask_from_index(candidates.numel(), sample_iou_balanced_negatives(ctx.max_iou, candidates, num, **kw),
-                                candidates)
+        index = sample_iou_balanced_negatives(ctx.max_iou, candidates, num, method="numpy", **kw)
+        return _mask_from_index(candidates.numel(), index, candidates)
     index, keep = iou_balanced_negatives_select(ctx.max_iou, candidates, num, max_num=ctx.batch_size, **kw)
     # duplicate entries of index carry keep=False
     marked = torch.zeros(candidates.numel(), dtype=torch.int32, device=candidates.device)

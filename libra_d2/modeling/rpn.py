@@ -16,18 +16,20 @@ from .sampling import random_subset_mask
 __all__ = ["LibraRPN", "cap_negatives"]
 
 
-def cap_negatives(label: torch.Tensor, batch_size: int, positive_fraction: float, neg_pos_ub: float, generator=None):
+def cap_negatives(label: torch.Tensor, batch_size: int, positive_fraction: float, neg_pos_ub: float, generator=None,
+                  subset_sampler=random_subset_mask):
     """Uniformly subsample anchor labels (1 pos, 0 neg, -1 ignore) in place, detectron2-style,
     but with at most ``int(neg_pos_ub * max(1, #sampled positives))`` negatives when
-    ``neg_pos_ub >= 0``. Returns ``label``."""
+    ``neg_pos_ub >= 0``. ``subset_sampler(candidates, num, generator) -> bool mask`` draws
+    each subset (default: uniform). Returns ``label``."""
     pos = label == 1
     neg = label == 0
-    pos_mask = random_subset_mask(pos, int(batch_size * positive_fraction), generator)
+    pos_mask = subset_sampler(pos, int(batch_size * positive_fraction), generator)
     num_pos = pos_mask.sum()
     num_neg = batch_size - num_pos
     if neg_pos_ub >= 0:
         num_neg = torch.minimum(num_neg, torch.floor(neg_pos_ub * num_pos.clamp(min=1).double()).long())
-    neg_mask = random_subset_mask(neg, num_neg, generator)
+    neg_mask = subset_sampler(neg, num_neg, generator)
     label.fill_(-1)
     label[pos_mask] = 1
     label[neg_mask] = 0
@@ -54,13 +56,18 @@ class LibraRPN(RPN):
     """
 
     @configurable
-    def __init__(self, *args, neg_pos_ub: float = -1.0, balanced_l1=None, **kwargs):
+    def __init__(self, *args, neg_pos_ub: float = -1.0, balanced_l1=None, subset_sampler=random_subset_mask, **kwargs):
         key = "LibraRPN(neg_pos_ub=...) [config key MODEL.LIBRA.RPN_NEG_POS_UB]"
         check_neg_pos_ub(key, neg_pos_ub)
         validate_balanced_l1_args("LibraRPN", "balanced_l1", balanced_l1, "RPN_BALANCED_L1")
         super().__init__(*args, **kwargs)
         self.neg_pos_ub = float(neg_pos_ub)
         self.balanced_l1 = balanced_l1  # None or dict(alpha, gamma, beta)
+        if not callable(subset_sampler):
+            raise TypeError(f"LibraRPN(subset_sampler=...) must be callable, got {type(subset_sampler).__name__}")
+        # the capped sampling's draw, fn(candidates, num, generator) -> bool mask (a seam:
+        # e.g. a fixed priority to take the anchors another implementation takes)
+        self.subset_sampler = subset_sampler
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -79,7 +86,8 @@ class LibraRPN(RPN):
     def _subsample_labels(self, label):
         if self.neg_pos_ub < 0:
             return super()._subsample_labels(label)
-        return cap_negatives(label, self.batch_size_per_image, self.positive_fraction, self.neg_pos_ub)
+        return cap_negatives(label, self.batch_size_per_image, self.positive_fraction, self.neg_pos_ub,
+                             subset_sampler=self.subset_sampler)
 
     def loss_normalizer(self, gt_labels):
         """The divisor of both RPN losses for a batch of sampled anchor labels (list of

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "resolve_sampler_method",
     "sample_iou_balanced_negatives",
     "sample_instance_balanced_positives",
     "iou_balanced_negatives_select",
@@ -221,6 +222,18 @@ def iou_balanced_negatives_select(
 _LOCAL = threading.local()
 
 
+def resolve_sampler_method(method: str, device) -> str:
+    """The path a sampler takes: "numpy" or "torch". ``method`` "auto" picks numpy for CPU
+    tensors (nothing to synchronise with) and the sync-free torch path on accelerators; an
+    explicit "numpy" or "torch" is obeyed on any device ("numpy" copies accelerator tensors to
+    the host). The one place this choice is made."""
+    if method not in ("auto", "numpy", "torch"):
+        raise ValueError(f"sampler method must be 'auto', 'numpy' or 'torch', got {method!r}")
+    if method == "auto":
+        return "numpy" if torch.device(device).type == "cpu" else "torch"
+    return method
+
+
 def _numpy_rng(generator):
     """A numpy Generator whose PCG64 state is set from two draws of the torch generator
     (cheap: no seeding hash), so torch's seed governs the numpy path too."""
@@ -330,9 +343,7 @@ def sample_iou_balanced_negatives(
         raise ValueError(f"floor_fraction must be in [0, 1], got {floor_fraction}")
     if num < 0:
         raise ValueError(f"num must be >= 0, got {num}")
-    if method not in ("auto", "numpy", "torch"):
-        raise ValueError(f"method must be 'auto', 'numpy' or 'torch', got {method!r}")
-    if method == "numpy" or (method == "auto" and max_iou.device.type == "cpu"):
+    if resolve_sampler_method(method, max_iou.device) == "numpy":
         idx = _iou_balanced_negatives_numpy(
             max_iou.cpu(), candidates.bool().cpu(), int(num), int(num_bins), float(floor_thresh), float(floor_fraction), upper, generator
         )
@@ -402,9 +413,7 @@ def sample_instance_balanced_positives(
     _check_1d("candidates", candidates, matched_gt.numel())
     if num < 0:
         raise ValueError(f"num must be >= 0, got {num}")
-    if method not in ("auto", "numpy", "torch"):
-        raise ValueError(f"method must be 'auto', 'numpy' or 'torch', got {method!r}")
-    if method == "numpy" or (method == "auto" and matched_gt.device.type == "cpu"):
+    if resolve_sampler_method(method, matched_gt.device) == "numpy":
         idx = _instance_balanced_positives_numpy(matched_gt.cpu(), candidates.bool().cpu(), int(num), generator)
         return torch.from_numpy(idx).to(device=matched_gt.device, dtype=torch.int64)
     mask = instance_balanced_positives_mask(matched_gt, candidates.bool(), num, generator=generator)
