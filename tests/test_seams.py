@@ -57,8 +57,8 @@ def test_a_loss_based_sampler_takes_the_features_as_a_parameter(libra_cfg):
 
 
 def test_the_rpn_draws_its_capped_subsets_through_the_given_sampler(libra_cfg):
-    from detectron2.modeling.proposal_generator import build_proposal_generator
     from detectron2.layers import ShapeSpec
+    from detectron2.modeling.proposal_generator import build_proposal_generator
 
     cfg = libra_cfg("Base-Libra-RCNN-FPN.yaml", "MODEL.LIBRA.RPN_NEG_POS_UB", 5.0)
     rpn = build_proposal_generator(cfg, {f"p{i}": ShapeSpec(channels=16, stride=2 ** i) for i in range(2, 7)})
