@@ -21,11 +21,12 @@ def test_t_quantile_matches_tables(df, expected):
 
 INTEL = {"model": "Intel Xeon", "cpu_capability": "AVX512", "flags": ["avx2", "avx512f", "amx_bf16"]}
 AMD = {"model": "AMD EPYC", "cpu_capability": "AVX2", "flags": ["avx2"]}
-PROV = {"commit": "a" * 40, "clean": True, "processor": INTEL}
+VERSIONS = {"torch": "2.14.1", "torchvision": "0.29.1", "detectron2": "0.6"}
+PROV = {"commit": "a" * 40, "clean": True, "processor": INTEL, "threads": 1, "versions": VERSIONS}
 
 
 def _runs(name, aps, commit="a" * 40, processor=INTEL, config="c.yaml"):
-    prov = {"commit": commit, "clean": True, "processor": processor}
+    prov = dict(PROV, commit=commit, processor=processor)
     return [{"name": name, "seed": s, "metrics": {"AP": ap, "AP50": ap + 20}, "config_file": config, "opts": [],
              "provenance": prov} for s, ap in enumerate(aps, 1)]
 
@@ -46,8 +47,10 @@ def test_pairs_form_only_within_one_processor_class_and_one_or_an_equivalent_com
     assert rep["differences"]["libra"]["AP"]["seeds"] == [1] and "not proven equivalent" in rep["differences"]["libra"]["unpaired"][2]
     assert "seed 2: not paired" in report_markdown(rep)
 
+    from dev.records.ablation import FULL_STRUCTURE
+
     def record(commit, h_base, h_libra, processor=INTEL):
-        return {"provenance": {"commit": commit, "clean": True, "processor": processor},
+        return {"provenance": dict(PROV, commit=commit, processor=processor), "structure": list(FULL_STRUCTURE),
                 "hashes": {"b": h_base, "l": h_libra},
                 "runs": {"b": {"covers": [["base.yaml", []]]}, "l": {"covers": [["libra.yaml", []]]}}}
 
@@ -139,15 +142,15 @@ def test_ablation_skips_finished_and_resumes_interrupted_runs(shapes_root, tmp_p
     assert os.path.isfile(os.path.join(out, "ablation.md"))
 
 
-def test_provenance_names_this_checkout_or_the_commit_file(monkeypatch, tmp_path):
+def test_provenance_names_this_checkout_or_the_given_commit(monkeypatch, tmp_path):
     from dev.records.provenance import git_commit, processor_class, provenance
 
+    monkeypatch.delenv("LIBRA_D2_COMMIT", raising=False)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     commit, clean = git_commit(ROOT)
     assert commit == head and clean in (True, False)
-    monkeypatch.delenv("LIBRA_D2_COMMIT", raising=False)
-    assert git_commit(str(tmp_path)) == ("unknown", None)  # not a git checkout, no file: said so
-    (tmp_path / "COMMIT").write_text(head + "+dirty\n")  # a copy of the tree without .git
+    assert git_commit(str(tmp_path)) == ("unknown", None)  # not a git checkout, no commit given: said so
+    monkeypatch.setenv("LIBRA_D2_COMMIT", head + "+dirty")  # a copy of the tree without .git
     assert git_commit(str(tmp_path)) == (head, False)
     rec = provenance(threads=1, root=str(tmp_path), seconds=2.0)
     assert rec["commit"] == head and rec["threads"] == 1 and rec["seconds"] == 2.0

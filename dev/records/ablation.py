@@ -204,60 +204,152 @@ def _processor_class(run):
     return processor_class((run.get("provenance") or {}).get("processor"))
 
 
+def _prov(run):
+    return run.get("provenance") or {}
+
+
 def _commit(run):
-    c = (run.get("provenance") or {}).get("commit") or run.get("commit")
+    c = _prov(run).get("commit") or run.get("commit")
     return None if not c or c == "unknown" else str(c).split("+")[0]
 
 
 def _clean(run):
-    prov = run.get("provenance") or {}
-    return prov.get("clean", not str(run.get("commit", "")).endswith("+dirty"))
+    """Clean only when the record says so: ``clean`` True and no ``+dirty`` commit anywhere."""
+    prov = _prov(run)
+    dirty = any(str(c).endswith("+dirty") for c in (prov.get("commit"), run.get("commit")) if c)
+    return prov.get("clean") is True and not dirty
+
+
+def _device(run):
+    """``("cpu", None)`` or ``("cuda", gpu model or None)``: from the provenance's device,
+    else from a ``MODEL.DEVICE`` option (records made before the device was recorded)."""
+    dev = _prov(run).get("device")
+    if isinstance(dev, dict) and dev.get("type"):
+        return dev["type"], dev.get("gpu")
+    opts = [str(o) for o in run.get("opts") or []]
+    for key, value in zip(opts, opts[1:]):
+        if key == "MODEL.DEVICE":
+            return ("cuda" if value.startswith("cuda") else "cpu"), None
+    return "cpu", None
+
+
+VERSION_KEYS = ("torch", "torchvision", "detectron2")
+
+
+def _versions(run):
+    v = _prov(run).get("versions") or {}
+    return tuple(v.get(k) for k in VERSION_KEYS)
+
+
+def _machine_key(run):
+    """``(key, None)`` naming everything two runs must share besides the commit (device,
+    processor class or GPU model, threads, versions), or ``(None, reason)``."""
+    dev, gpu = _device(run)
+    if dev == "cuda":
+        if not gpu:
+            return None, "GPU model not recorded"
+        where = ("cuda", gpu)
+    else:
+        pc = _processor_class(run)
+        if pc is None:
+            return None, "processor not recorded"
+        where = ("cpu", pc)
+    threads = _prov(run).get("threads")
+    if threads is None:
+        return None, "threads not recorded"
+    versions = _versions(run)
+    if None in versions:
+        return None, "versions not recorded"
+    return (where, threads, versions), None
+
+
+def _mixed(run):
+    """A reason when the run cannot stand for one machine and commit, else None."""
+    prov = _prov(run)
+    if prov.get("mixed") or run.get("mixed"):
+        return "resumed on another machine or commit (mixed)"
+    if prov.get("resumed") and not prov.get("segments"):
+        return "resumed, and where its first part ran is not recorded"
+    return None
+
+
+def _describe(key):
+    (kind, what), threads, versions = key
+    where = f"{what[0]} {what[1]} [{' '.join(what[2])}]" if kind == "cpu" else f"GPU {what}"
+    return where, threads, versions
 
 
 def identity_equivalence(records):
     """From seeded-identity records (``results/seeded_identity.json``: each with ``provenance``,
-    ``hashes`` by run name and ``runs[name]["covers"]``: the ``[config, opts]`` of the
-    configurations a hash stands for), a function ``(commit_a, commit_b, processor_class,
-    config, opts) -> bool``: True when both commits have a record on that processor class
-    whose hash for a run covering that configuration is the same."""
-    from .provenance import processor_class
-
-    table = {}  # (commit, processor class, config, opts) -> set of hashes
+    ``hashes`` by run name, ``runs[name]["covers"]``: the ``[config, opts]`` of the
+    configurations a hash stands for, and ``structure``: what the shortened schedule passed),
+    a function ``(commit_a, commit_b, machine_key, config, opts) -> bool``: True when both
+    commits have a clean record on that machine key (device and processor class, threads,
+    versions) whose schedule covered the recipe's whole structure (warm-up, every LR step, a
+    checkpoint with exact resume, the final evaluation) and whose hash for a run covering
+    that configuration is the same."""
+    table = {}  # (commit, machine key, config, opts) -> set of hashes
     for rec in records or []:
         prov = rec.get("provenance") or {}
         commit = str(prov.get("commit") or "").split("+")[0]
-        if not commit or commit == "unknown" or prov.get("clean") is False:
+        if not commit or commit == "unknown" or prov.get("clean") is not True:
             continue
-        pc = processor_class(prov.get("processor"))
+        if not set(FULL_STRUCTURE) <= set(rec.get("structure") or ()):
+            continue  # a hash of a few iterations proves nothing about LR steps, resume or evaluation
+        key, _ = _machine_key({"provenance": prov})
+        if key is None:
+            continue
         for name, h in (rec.get("hashes") or {}).items():
             for config, opts in (rec.get("runs", {}).get(name, {}).get("covers") or []):
-                table.setdefault((commit, pc, config, tuple(opts)), set()).add(h)
+                table.setdefault((commit, key, config, tuple(opts)), set()).add(h)
 
-    def equivalent(a, b, pc, config, opts):
-        ha = table.get((a, pc, config, tuple(opts)))
-        hb = table.get((b, pc, config, tuple(opts)))
+    def equivalent(a, b, key, config, opts):
+        ha = table.get((a, key, config, tuple(opts)))
+        hb = table.get((b, key, config, tuple(opts)))
         return bool(ha and hb and ha & hb)
 
     return equivalent
 
 
+# what a seeded-identity schedule must pass for its hashes to prove two commits equivalent
+FULL_STRUCTURE = ("warmup", "lr_steps", "checkpoint_resume", "evaluation")
+
+
 def pairing(run, base, equivalent=None):
-    """Whether two runs of one seed may be paired: one processor class, and one clean commit
-    or two commits that ``equivalent`` (:func:`identity_equivalence`) proves equivalent for
-    both runs' configurations. Returns ``(True, None)`` or ``(False, reason)``."""
-    pa, pb = _processor_class(run), _processor_class(base)
-    if pa is None or pb is None:
-        return False, "processor not recorded"
-    if pa != pb:
-        return False, f"different processors ({pa[0]} {pa[1]} vs {pb[0]} {pb[1]})"
+    """Whether two runs of one seed may be paired. Both must ran on one device (processor
+    class, or GPU model), with the same threads and torch / torchvision / detectron2
+    versions, neither mixed, both from clean trees, and from one commit or two commits that
+    ``equivalent`` (:func:`identity_equivalence`) proves equivalent for both runs'
+    configurations on that device, threads and versions. Returns ``(True, None)`` or
+    ``(False, reason)``."""
+    ka, why = _machine_key(run)
+    if ka is None:
+        return False, why
+    kb, why = _machine_key(base)
+    if kb is None:
+        return False, why
+    (wa, ta, va), (wb, tb, vb) = _describe(ka), _describe(kb)
+    if ka[0][0] != kb[0][0]:
+        return False, f"different devices ({ka[0][0]} vs {kb[0][0]})"
+    if ka[0] != kb[0]:
+        return False, f"different processors ({wa} vs {wb})"
+    if ta != tb:
+        return False, f"different thread counts ({ta} vs {tb})"
+    if va != vb:
+        k = next(k for k, x, y in zip(VERSION_KEYS, va, vb) if x != y)
+        return False, f"different {k} versions ({dict(zip(VERSION_KEYS, va))[k]} vs {dict(zip(VERSION_KEYS, vb))[k]})"
+    for r in (run, base):
+        why = _mixed(r)
+        if why:
+            return False, why
     ca, cb = _commit(run), _commit(base)
     if ca is None or cb is None:
         return False, "commit not recorded"
     if not (_clean(run) and _clean(base)):
-        return False, "a run's tree differed from its commit"
+        return False, "a run's tree is not recorded clean"
     if ca == cb:
         return True, None
-    if equivalent is not None and all(equivalent(ca, cb, pa, r["config_file"], r.get("opts", [])) for r in (run, base)):
+    if equivalent is not None and all(equivalent(ca, cb, ka, r["config_file"], r.get("opts", [])) for r in (run, base)):
         return True, None
     return False, f"commits {ca[:7]} and {cb[:7]} not proven equivalent for these configurations"
 
@@ -274,7 +366,12 @@ def build_report(runs, baseline, confidence=0.95, task="bbox", equivalent=None, 
     metrics are ``METRICS_BY_TASK[task]``."""
     metrics = METRICS_BY_TASK.get(task, METRICS)
     by_name, records = {}, {}
+    seen = set()
     for r in runs:
+        if (r.get("name"), r.get("seed")) in seen:
+            raise ValueError(f"two records of {r.get('name')!r} at seed {r.get('seed')} in one set: "
+                             "remove one (a set holds one run per variant and seed)")
+        seen.add((r.get("name"), r.get("seed")))
         if r.get("metrics"):
             by_name.setdefault(r["name"], {})[r["seed"]] = r["metrics"]
             records[(r["name"], r["seed"])] = r
