@@ -46,7 +46,7 @@ from dev.records.ablation import (  # noqa: E402
     report_markdown,
     run_status,
 )
-from dev.records.provenance import provenance  # noqa: E402
+from dev.records.run_record import end_segment, start_segment  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -171,7 +171,7 @@ def load_identity_records(path):
         return json.load(f)
 
 
-RUN_INFO = "ablate_run.json"  # per run folder: the provenance (commit, processor, threads, versions, seconds)
+from dev.records.run_record import RUN_INFO  # noqa: E402  (per run folder: its provenance, by segment)
 
 
 def run_opts(config_file, seed, out):
@@ -180,6 +180,15 @@ def run_opts(config_file, seed, out):
     if config_file.endswith(".py"):
         return [f"train.seed={seed}", f"train.output_dir={out}"]
     return ["SEED", str(seed), "OUTPUT_DIR", out]
+
+
+def option_value(opts, key, default):
+    """The value given for ``key`` in a yacs option list (the last one wins)."""
+    found = default
+    for k, v in zip(opts, opts[1:]):
+        if k == key:
+            found = v
+    return found
 
 
 def run_one(args, v, seed, tag, only, env):
@@ -194,13 +203,14 @@ def run_one(args, v, seed, tag, only, env):
                *shlex.split(args.train_args), *opts]
         os.makedirs(out, exist_ok=True)
         print(f"{tag} {'resuming' if status == 'partial' else 'training'} ...", flush=True)
+        threads = int(env["OMP_NUM_THREADS"]) if env.get("OMP_NUM_THREADS", "").isdigit() else None
+        # provenance when the segment starts (each resume appends one; a change marks the run mixed)
+        start_segment(out, threads=threads, device=option_value(opts, "MODEL.DEVICE", "cpu"))
         t0 = time.time()
         with open(os.path.join(out, "ablate_stdout.log"), "a") as log:
             rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         run["seconds"] = round(time.time() - t0, 1)
-        threads = int(env["OMP_NUM_THREADS"]) if env.get("OMP_NUM_THREADS", "").isdigit() else None
-        with open(os.path.join(out, RUN_INFO), "w") as f:
-            json.dump(provenance(threads=threads, seconds=run["seconds"], resumed=status == "partial"), f, indent=1)
+        end_segment(out, run["seconds"])
         if rc != 0:
             run["error"] = f"train_net.py exit code {rc}; see {out}/ablate_stdout.log"
             print(f"{tag} FAILED ({run['error']})", flush=True)

@@ -102,3 +102,30 @@ def test_an_untracked_file_under_the_code_makes_the_tree_unclean(tmp_path, monke
     assert git_commit(str(tmp_path))[1] is True
     (tmp_path / "libra_d2" / "b.py").write_text("y = 2\n")  # untracked, under the package
     assert git_commit(str(tmp_path))[1] is False
+
+
+def test_provenance_is_written_at_each_start_and_a_resume_elsewhere_marks_the_run_mixed(tmp_path, pair):
+    from dev.records.run_record import end_segment, read_record, start_segment
+
+    _, base = pair
+    prov = copy.deepcopy(base["provenance"])
+    out = str(tmp_path / "run")
+    rec = start_segment(out, prov=dict(prov))
+    assert read_record(out)["segments"][0]["commit"] == prov["commit"]  # on disk before training
+    end_segment(out, 10.0)
+    rec = start_segment(out, prov=dict(prov))  # resumed on the same machine and commit
+    rec = end_segment(out, 5.0)
+    assert rec["resumed"] and not rec["mixed"] and rec["seconds"] == 15.0
+    resumed = dict(base, provenance=rec)
+    assert pairing(resumed, base) == (True, None)
+    start_segment(out, prov=dict(prov, threads=4))  # a third part with another thread count
+    rec = read_record(out)
+    assert rec["mixed"]
+    ok, why = pairing(dict(base, provenance=rec), base)
+    assert not ok and "mixed" in why
+    # a record of the old form (written at the end) resumed: its start is unknown, mixed
+    old = str(tmp_path / "old")
+    os.makedirs(old)
+    with open(os.path.join(old, "ablate_run.json"), "w") as f:
+        json.dump(prov, f)
+    assert start_segment(old, prov=dict(prov))["mixed"]
