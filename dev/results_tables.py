@@ -88,6 +88,70 @@ def _fmt(s):
     return f"{s['mean']:.2f}" + (f" ± {s['std']:.2f}" if s["std"] is not None else "")
 
 
+def _current_pairs():
+    """The headline comparisons that stand today: each paired at two seeds or more."""
+    identity = load("seeded_identity.json") or []
+    equivalent = identity_equivalence(identity)
+    out = []
+    for name, cls in HEADLINE_SETS + [("ablation_regnet_amd.json", "AMD EPYC AVX2")]:
+        data = load(name)
+        pairs = HEADLINE_PAIRS if name != "ablation_regnet_amd.json" else [
+            ("libra", "baseline", "Libra R-CNN vs Faster R-CNN, small RegNet-FPN")]
+        for variant, base, label in pairs:
+            if not _runs(data, variant) or not _runs(data, base):
+                continue
+            rep = build_report(_runs(data, variant) + _runs(data, base), {variant: base, base: None},
+                               equivalent=equivalent)
+            d = rep["differences"][variant]["AP"]
+            if d["n"] >= 2:
+                per_seed = {r["seed"]: r["metrics"]["AP"] for r in _runs(data, variant)}
+                per_base = {r["seed"]: r["metrics"]["AP"] for r in _runs(data, base)}
+                seeds = [s for s in d.get("seeds") or sorted(per_seed) if s in per_base]
+                out.append({"label": label, "class": cls, "file": name, "diff": d, "seeds": seeds,
+                            "variant": [per_seed[s] for s in seeds], "base": [per_base[s] for s in seeds]})
+    return out
+
+
+def generate_verdicts():
+    """The README's results: the current verdicts, one row per comparison."""
+    lines = ["| comparison | processor class | seeds | ΔAP | 95% interval | verdict |", "|---|---|---|---|---|---|"]
+    for p in _current_pairs():
+        d = p["diff"]
+        seeds = ", ".join(str(s) for s in p["seeds"])
+        lines.append(f"| {p['label']} | {p['class']} | {seeds} | {d['mean']:+.2f} | "
+                     f"[{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}] | {d['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+PLOT = os.path.join("docs", "verdicts.png")
+
+
+def plot_verdicts(path=None):
+    """docs/verdicts.png: each current comparison's paired runs, one line per seed; the
+    plotted values travel in the PNG's ``Description`` text (json) so a test can check them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = _current_pairs()
+    fig, axes = plt.subplots(1, len(pairs), figsize=(2.1 * len(pairs), 3.2), sharey=True, dpi=110)
+    for ax, p in zip(axes, pairs):
+        for s, a, b in zip(p["seeds"], p["base"], p["variant"]):
+            ax.plot([0, 1], [a, b], marker="o", color="tab:green" if b > a else "tab:red", lw=1)
+        base_name, new_name = p["label"].split(" vs ")[1].split(",")[0], p["label"].split(" vs ")[0]
+        ax.set_xticks([0, 1], [base_name, new_name], rotation=20, fontsize=7)
+        ax.set_title(f"{p['class']}\nΔAP {p['diff']['mean']:+.2f} ({p['diff']['verdict'].split(' at ')[0]})", fontsize=7)
+        ax.set_xlim(-0.3, 1.3)
+    axes[0].set_ylabel("box AP, built-in val (each line: one seed)")
+    fig.tight_layout()
+    data = [{"label": p["label"], "class": p["class"], "seeds": p["seeds"], "base": p["base"], "variant": p["variant"]}
+            for p in pairs]
+    fig.savefig(path or os.path.join(ROOT, PLOT), metadata={"Description": json.dumps(data)})
+    plt.close(fig)
+    return data
+
+
 def generate():
     lines = ["| config | seeds | AP | commits | processor | data |", "|---|---|---|---|---|---|"]
     for label, name, variant in ROWS:
@@ -98,7 +162,7 @@ def generate():
         ap = summarize_metric([r["metrics"].get("AP") for r in runs])
         commits = ", ".join(sorted({_commit(r) for r in runs}))
         procs = "; ".join(sorted({_processor(r) for r in runs}))
-        lines.append(f"| {label} | {seeds} | {_fmt(ap)} | {commits} | {procs} | `docs/{name}` |")
+        lines.append(f"| {label} | {seeds} | {_fmt(ap)} | {commits} | {procs} | `results/{name}` |")
     identity = load("seeded_identity.json") or []
     equivalent = identity_equivalence(identity)
     lines += ["", "| comparison | pairs | ΔAP | 95% interval | verdict |", "|---|---|---|---|---|"]
@@ -238,7 +302,7 @@ def _provenance_line(name, runs):
     procs = "; ".join(sorted({_processor(r) for r in runs}))
     threads = sorted({str((r.get("provenance") or {}).get("threads") or r.get("threads") or "not recorded")
                       for r in runs})
-    return f"Data: `docs/{name}`. Commits: {commits}. Processors: {procs}. Threads per run: {', '.join(threads)}."
+    return f"Data: `results/{name}`. Commits: {commits}. Processors: {procs}. Threads per run: {', '.join(threads)}."
 
 
 def _section(spec, equivalent):
@@ -368,7 +432,7 @@ def generate_anchor_coverage():
     return "\n".join(lines) + "\n"
 
 
-BLOCKS = [("README.md", "results", generate), (os.path.join("docs", "performance.md"), "bench", generate_bench),
+BLOCKS = [("README.md", "results", generate_verdicts), (os.path.join("docs", "results_builtin.md"), "summary", generate), (os.path.join("docs", "performance.md"), "bench", generate_bench),
           (os.path.join("docs", "tools.md"), "sampling", generate_sampling),
           (os.path.join("docs", "tools.md"), "anchors", generate_anchor_coverage),
           (os.path.join("docs", "results_builtin.md"), "runs", generate_results_page),
@@ -402,6 +466,8 @@ def main(argv=None):
                 print(f"{rel}'s {tag} block differs from the data; run dev/results_tables.py --write", file=sys.stderr)
                 status = 1
         elif args.write:
+            if rel == "README.md":
+                plot_verdicts()
             begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
             block_of(text, tag, rel)
             head, rest = text.split(begin, 1)

@@ -1,5 +1,6 @@
 """The README's results come from the committed data: the tables are the ones
 dev/results_tables.py prints from results/*.json, and no other figure stands in that section."""
+import json
 import os
 import re
 import subprocess
@@ -120,8 +121,10 @@ def test_every_figure_of_the_results_page_comes_from_the_data():
     assert not stray, f"figures in docs/results_builtin.md that no committed data give: {stray}"
     # the checks can fail: a hand-edited mean in a table, or a figure added to the prose
     first = re.search(r"\d+\.\d+ ± \d+\.\d+", generated).group(0)
-    edited = text.replace(first, first.replace(first[:5], f"{float(first[:5]) + 1:.2f}"), 1)
+    head, runs = text.split("<!-- runs:begin -->", 1)
+    edited = head + "<!-- runs:begin -->" + runs.replace(first, first.replace(first[:5], f"{float(first[:5]) + 1:.2f}"), 1)
     assert results_tables.block_of(edited, "runs", "docs/results_builtin.md") != generated
+    assert results_tables.block_of(text, "summary", "docs/results_builtin.md") == results_tables.generate()
     assert _plain(_figures(text.replace("## Reading them", "## Reading them\n\nLibra adds 7.77 AP."))) \
         - allowed == {"7.77"}
 
@@ -165,3 +168,15 @@ def test_every_figure_of_the_tools_page_comes_from_the_data():
     stray = sorted(_plain(_figures(text)) - allowed)
     assert not stray, f"figures in {where} that no committed data give: {stray}"
     assert _plain(_figures(text + "\nA third of the small boxes: 33.3%.\n")) - allowed == {"33.3"}
+
+
+def test_the_readme_plot_shows_the_data_of_the_current_verdicts():
+    """docs/verdicts.png carries the values it plots (its Description text); they are the
+    current pairs' per-seed AP from the run records."""
+    from PIL import Image
+
+    with Image.open(os.path.join(ROOT, results_tables.PLOT)) as im:
+        plotted = json.loads(im.text["Description"])
+    want = [{"label": p["label"], "class": p["class"], "seeds": p["seeds"], "base": p["base"], "variant": p["variant"]}
+            for p in results_tables._current_pairs()]
+    assert plotted == want and len(want) >= 5

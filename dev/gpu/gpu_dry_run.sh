@@ -3,7 +3,7 @@
 # on a copy of the tree without .git, in a throw-away environment that stands in for the GPU
 # machine's image (Python 3.12, torch 2.11.0, torchvision 0.26.0), installing every other
 # package from the carried folder alone (pip --no-index --no-deps --target), the RetinaNet
-# schedule sized by the same rule from a simulated budget (GPU_DRY_BUDGET, default 900 s).
+# schedule sized by the same rule from a simulated budget (GPU_DRY_BUDGET, default 1500 s).
 #
 #   bash dev/gpu/gpu_dry_run.sh            (make gpu-dry-run)
 #
@@ -53,7 +53,7 @@ mv "$WORK/gpu_carry" "$WORK/tree/gpu_carry"
 cd "$WORK/tree"
 say "running dev/gpu/gpu_check.sh --dry-run"
 mkdir -p "$WORK/out"
-PYTHON="$IMAGE/bin/python" OUT="$WORK/out" GPU_CHECK_SITE="$WORK/site" bash dev/gpu/gpu_check.sh gpu_carry "$WORK/out" --dry-run --budget "${GPU_DRY_BUDGET:-900}" 2>&1 | tee "$WORK/out/console.log"
+PYTHON="$IMAGE/bin/python" OUT="$WORK/out" GPU_CHECK_SITE="$WORK/site" bash dev/gpu/gpu_check.sh gpu_carry "$WORK/out" --dry-run --budget "${GPU_DRY_BUDGET:-1500}" 2>&1 | tee "$WORK/out/console.log"
 "$IMAGE/bin/python" - "$WORK/out" "$WORK/tree/gpu_carry/COMMIT" <<'PY'
 import json, os, sys
 out, commit_file = sys.argv[1], sys.argv[2]
