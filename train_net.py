@@ -24,8 +24,8 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 
 from libra_d2.config import LibraConfigError, get_libra_cfg
+from libra_d2.data.checks import DatasetError
 from libra_d2.engine import LibraTrainer, write_results
-from libra_d2.engine.data_checks import DatasetError
 
 logger = logging.getLogger("libra_d2")
 

@@ -432,7 +432,8 @@ def generate_anchor_coverage():
     return "\n".join(lines) + "\n"
 
 
-BLOCKS = [("README.md", "results", generate_verdicts), (os.path.join("docs", "results_builtin.md"), "summary", generate), (os.path.join("docs", "performance.md"), "bench", generate_bench),
+BLOCKS = [("README.md", "results", generate_verdicts), (os.path.join("docs", "results_builtin.md"), "summary", generate),
+          (os.path.join("docs", "performance.md"), "bench", generate_bench),
           (os.path.join("docs", "tools.md"), "sampling", generate_sampling),
           (os.path.join("docs", "tools.md"), "anchors", generate_anchor_coverage),
           (os.path.join("docs", "results_builtin.md"), "runs", generate_results_page),

@@ -85,7 +85,7 @@ def test_bad_arguments():
 def test_gather_form_of_adaptive_max_pool_equals_torch():
     """BFP's ONNX-exportable pooling gives F.adaptive_max_pool2d's values for every ratio up
     to the bound, exact and ceil (odd) sizes alike."""
-    from libra_d2.modeling.pooling import adaptive_max_pool2d_gather
+    from libra_d2.modeling.adaptive_pool import adaptive_max_pool2d_gather
 
     g = torch.Generator().manual_seed(0)
     checked = 0

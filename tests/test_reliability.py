@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from libra_d2.engine.stream import checked_dataset_dicts
+from libra_d2.data.build import checked_dataset_dicts
 from tests.conftest import ROOT, TINY, run_train_net
 
 CFG = os.path.join(ROOT, "configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml")
@@ -156,7 +156,7 @@ def trainer_for(libra_cfg, name, tmp_path):
 
 
 def test_truncated_json_names_the_file(shapes_root, tmp_path, libra_cfg):
-    from libra_d2.engine.data_checks import DatasetError
+    from libra_d2.data.checks import DatasetError
 
     json_file, img_dir, _ = small_coco(shapes_root, tmp_path, lambda d, _: json.dumps(d)[:-40])
     register("fault_truncated", json_file, img_dir)
@@ -166,7 +166,7 @@ def test_truncated_json_names_the_file(shapes_root, tmp_path, libra_cfg):
 
 
 def test_missing_image_names_file_and_id(shapes_root, tmp_path, libra_cfg):
-    from libra_d2.engine.data_checks import DatasetError
+    from libra_d2.data.checks import DatasetError
 
     def drop_file(d, img_dir):
         os.remove(img_dir / d["images"][0]["file_name"])

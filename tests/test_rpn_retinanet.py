@@ -195,9 +195,9 @@ def test_retinanet_clip_before_nms_drops_empty_boxes_before_the_top_k(libra_cfg)
 
 def test_retinanet_group_norm_head_builds_on_this_detectron2(libra_cfg):
     """MODEL.RETINANET.NORM "GN" builds a head of GroupNorm(32, C) layers for the plain and the
-    Libra RetinaNet (detectron2 0.6's own head raises: libra_d2.modeling.compat), with parameter names
+    Libra RetinaNet (detectron2 0.6's own head raises: libra_d2.modeling.retinanet_gn), with parameter names
     that do not depend on the detectron2 version, and it trains."""
-    from libra_d2.modeling.compat import enable_retinanet_group_norm, group_norm, retinanet_head_builds_group_norm
+    from libra_d2.modeling.retinanet_gn import enable_retinanet_group_norm, group_norm, retinanet_head_builds_group_norm
 
     assert (group_norm(64).num_groups, group_norm(64).num_channels) == (32, 64)
     changed = enable_retinanet_group_norm()

@@ -1,4 +1,4 @@
-"""Position-addressed samplers (libra_d2.engine.samplers): plain stream, aspect-ratio grouping,
+"""Position-addressed samplers (libra_d2.data.samplers): plain stream, aspect-ratio grouping,
 repeat factors, random subsets, resume at any batch, worker independence, clear errors."""
 import itertools
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from libra_d2.engine.samplers import (
+from libra_d2.data.samplers import (
     PositionBatchSampler,
     aspect_groups,
     category_repeat_factors,

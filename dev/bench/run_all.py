@@ -562,7 +562,7 @@ def bench_grouping(device, reps, rounds):
     from detectron2.data.transforms import ResizeShortestEdge
 
     import libra_d2  # noqa: F401  (registers the datasets)
-    from libra_d2.engine.samplers import PositionBatchSampler, aspect_groups
+    from libra_d2.data.samplers import PositionBatchSampler, aspect_groups
 
     dicts = DatasetCatalog.get("libra_shapes_mixed_train")
     g = torch.Generator().manual_seed(0)

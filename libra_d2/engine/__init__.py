@@ -15,13 +15,13 @@ translations into these modules; each concept lives in exactly one place:
 * :mod:`.data_checks`: annotation and image checks before training;
 * :mod:`.results`: the COCO evaluator's arguments and ``eval_results.json``.
 """
+from ..data.build import PositionSeededDataset, TrainingStream, build_loader, stream_from_lazy, stream_from_yacs
+from ..utils.seeding import IterationSeedHook, resolve_base_seed, seed_from
 from .checkpoint import AtomicDetectionCheckpointer
 from .distributed import create_ddp_model
+from .evaluation import coco_evaluator, write_results
 from .optimizer import clipped_optimizer, optimizer_from_yacs
-from .results import coco_evaluator, write_results
 from .resume import continue_stream_at, resume_stream
-from .seeding import IterationSeedHook, resolve_base_seed, seed_from
-from .stream import PositionSeededDataset, TrainingStream, build_loader, stream_from_lazy, stream_from_yacs
 from .trainer import LibraTrainer
 
 __all__ = [

@@ -7,7 +7,7 @@ hooks), with what ``LibraTrainer`` adds to the yacs path:
 
 * **exact ``--resume``**: the train loader is rebuilt from ``dataloader.train``'s dataset,
   mapper, batch size and worker count as the position-addressed loader of
-  :mod:`libra_d2.engine.stream` (aspect-ratio grouping as ``build_detection_train_loader``'s
+  :mod:`libra_d2.data.build` (aspect-ratio grouping as ``build_detection_train_loader``'s
   ``aspect_ratio_grouping``, default on; a ``sampler`` given as detectron2's
   ``TrainingSampler``, ``RepeatFactorTrainingSampler(repeat_factors=...)`` or
   ``RandomSubsetTrainingSampler(subset_ratio=...)`` keeps its meaning; any other is an
@@ -44,7 +44,7 @@ def do_test(cfg, model):
     from detectron2.config import instantiate
     from detectron2.evaluation import inference_on_dataset, print_csv_format
 
-    from .results import coco_evaluator_kwargs
+    from .evaluation import coco_evaluator_kwargs
 
     if cfg.dataloader.get("evaluator") is None or cfg.dataloader.get("test") is None:
         return {}
@@ -71,12 +71,12 @@ def do_train(args, cfg):
     from detectron2.engine import AMPTrainer, SimpleTrainer, hooks
     from detectron2.engine.defaults import default_writers
 
+    from ..data.build import build_loader, stream_from_lazy
+    from ..utils.seeding import IterationSeedHook, resolve_base_seed
     from .checkpoint import AtomicDetectionCheckpointer
     from .cpu_amp import cpu_autocast_trainer
     from .distributed import create_ddp_model
     from .resume import resume_stream
-    from .seeding import IterationSeedHook, resolve_base_seed
-    from .stream import build_loader, stream_from_lazy
 
     model = instantiate(cfg.model)
     model.to(cfg.train.device)
@@ -135,7 +135,7 @@ def main_lazy(args):
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import instantiate
 
-    from .results import write_results
+    from .evaluation import write_results
 
     cfg = setup_lazy(args)
     if args.eval_only:

@@ -6,7 +6,7 @@ What it adds to DefaultTrainer (same hooks, writers, evaluation):
   the optimizer and the LR scheduler (where this detectron2's trainer state lacks one, as
   0.6's ``DefaultTrainer`` lacks the optimizer, LibraTrainer adds it), the iteration and
   the run's base seed. The training stream is addressed by position
-  (:mod:`libra_d2.engine.samplers`): batch k is a pure function of (seed, k), with
+  (:mod:`libra_d2.data.samplers`): batch k is a pure function of (seed, k), with
   detectron2's aspect-ratio grouping, repeat-factor, weighted and random-subset sampling
   rebuilt that way; sample ``p`` of the run has its augmentation RNGs (numpy, random,
   torch) seeded from (seed, p). Every iteration reseeds the main-process RNGs from (seed,
@@ -19,7 +19,7 @@ What it adds to DefaultTrainer (same hooks, writers, evaluation):
   fvcore's ``PathManager`` (any ``OUTPUT_DIR`` a registered path handler serves); local
   files go to a temporary file renamed into place, so a kill during a write leaves the
   previous checkpoint and ``last_checkpoint`` valid.
-* **Data checks** (:mod:`libra_d2.engine.data_checks`): malformed annotation files and unreadable
+* **Data checks** (:mod:`libra_d2.data.checks`): malformed annotation files and unreadable
   images stop training with an error naming the file and image id; degenerate and
   out-of-image boxes are dropped or clipped with a counted warning.
 * ``SOLVER.AMP.ENABLED`` on CPU trains under bfloat16 autocast where the processor has
@@ -36,14 +36,14 @@ from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 
 from ..config import validate_libra_config
+from ..data.build import build_loader, stream_from_yacs
+from ..utils.seeding import IterationSeedHook, resolve_base_seed
 from .checkpoint import AtomicDetectionCheckpointer
 from .cpu_amp import cpu_autocast_trainer
 from .distributed import ddp_for_cpu_models
+from .evaluation import coco_evaluator
 from .optimizer import optimizer_from_yacs
-from .results import coco_evaluator
 from .resume import resume_stream
-from .seeding import IterationSeedHook, resolve_base_seed
-from .stream import build_loader, stream_from_yacs
 
 __all__ = ["LibraTrainer"]
 

@@ -8,6 +8,6 @@ Pure functions (``sampling``, ``losses``) are apart from the modules that use th
 code.
 """
 from . import backbone, cascade, retinanet, roi_heads, rpn  # noqa: F401  (registration side effects)
-from .compat import enable_retinanet_group_norm
+from .retinanet_gn import enable_retinanet_group_norm
 
 enable_retinanet_group_norm()  # MODEL.RETINANET.NORM "GN" on detectron2 0.6 (see compat.py)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import validate_refine_args
-from .pooling import adaptive_max_pool2d_gather, onnx_exporting
+from .adaptive_pool import adaptive_max_pool2d_gather, onnx_exporting
 from .refine import ConvRefine, NonLocal2d
 
 __all__ = ["BFP"]

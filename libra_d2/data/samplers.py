@@ -34,8 +34,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from .data_checks import DatasetError
-from .seeding import SALT_GROUP_DRAWS, SALT_RANDOM_SUBSET, SALT_REPEAT_FACTORS, seed_from
+from ..utils.seeding import SALT_GROUP_DRAWS, SALT_RANDOM_SUBSET, SALT_REPEAT_FACTORS, seed_from
+from .checks import DatasetError
 
 __all__ = [
     "SUPPORTED_SAMPLERS", "PositionBatchSampler", "aspect_groups", "category_repeat_factors",

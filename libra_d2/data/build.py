@@ -2,7 +2,7 @@
 
 A :class:`TrainingStream` is what both config systems reduce to: the checked dataset dicts,
 the mapper, the total batch size, the number of loader workers and the sampler plan
-(aspect-ratio groups, repeat factors, random subset; see :mod:`libra_d2.engine.samplers`).
+(aspect-ratio groups, repeat factors, random subset; see :mod:`libra_d2.data.samplers`).
 :func:`build_loader` turns it into the one loader both paths train with: batch k is a pure
 function of (base seed, k), sample p's augmentation RNGs are seeded from (seed, p).
 """
@@ -15,9 +15,9 @@ from detectron2.data.build import trivial_batch_collator
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
-from .data_checks import DatasetError, check_json_file, sanitize_boxes
+from ..utils.seeding import SALT_WORKER_BASE_SEED, seed_from
+from .checks import DatasetError, check_json_file, sanitize_boxes
 from .samplers import PositionBatchSampler, aspect_groups, random_subset, training_plan_from_config
-from .seeding import SALT_WORKER_BASE_SEED, seed_from
 
 __all__ = ["TrainingStream", "PositionSeededDataset", "build_loader", "checked_dataset_dicts", "stream_from_yacs",
            "stream_from_lazy"]
