@@ -30,11 +30,6 @@ from libra_d2.engine import LibraTrainer, write_results
 logger = logging.getLogger("libra_d2")
 
 
-class Trainer(LibraTrainer):
-    """detectron2's DefaultTrainer with COCOEvaluator, exact --resume, atomic checkpoints and
-    data checks (see libra_d2.engine.trainer)."""
-
-
 def setup(args):
     cfg = get_libra_cfg(args.config_file, args.opts)
     cfg.freeze()
@@ -53,14 +48,14 @@ def main(args):
         return main_lazy(args)
     cfg = setup(args)
     if args.eval_only:
-        model = Trainer.build_model(cfg)
+        model = LibraTrainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        res = Trainer.test(cfg, model)
+        res = LibraTrainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
         write_results(cfg.OUTPUT_DIR, res)
         return res
-    trainer = Trainer(cfg)
+    trainer = LibraTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     res = trainer.train()
     # DefaultTrainer.train() returns the final evaluation only when TEST.EXPECTED_RESULTS is

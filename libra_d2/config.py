@@ -236,7 +236,7 @@ def add_libra_trainer_config(cfg):
     # SOLVER.WEIGHT_DECAY as its decoupled weight decay). Both use detectron2's parameter
     # groups (WEIGHT_DECAY_NORM, BIAS_LR_FACTOR, ...) and SOLVER.CLIP_GRADIENTS.
     cfg.SOLVER.OPTIMIZER = cfg.SOLVER.get("OPTIMIZER", "SGD")
-    # AdamW only: torch's fused kernel (one pass per parameter; on a 2-core CPU the step of the
+    # AdamW only: torch's fused kernel (one pass per parameter; on a small CPU the step of the
     # built-in model takes a third of the time). The same update up to float rounding, so a
     # run with it follows another trajectory than one without, as a change of thread count does.
     cfg.SOLVER.FUSED_OPTIMIZER = cfg.SOLVER.get("FUSED_OPTIMIZER", False)

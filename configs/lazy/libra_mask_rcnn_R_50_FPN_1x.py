@@ -3,7 +3,7 @@
 detectron2's own building blocks (``common/`` in its model zoo: Mask R-CNN FPN model, COCO
 data with instance masks, SGD, 1x schedule, train options) with the Libra parts swapped in by
 LazyCall; the mask head trains on LibraROIHeads' balanced positives. Same model as
-``configs/COCO-InstanceSegmentation/libra_mask_rcnn_R_50_FPN_1x.yaml`` (tests/test_lazy.py).
+``configs/COCO-InstanceSegmentation/libra_mask_rcnn_R_50_FPN_1x.yaml`` (tests/engine/test_lazy.py).
 
     python train_net.py --config-file configs/lazy/libra_mask_rcnn_R_50_FPN_1x.py --num-gpus 8
 """

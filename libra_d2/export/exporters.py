@@ -17,7 +17,7 @@ It needs nothing from ``detectron2.export`` (which cannot be imported on detectr
 without caffe2), so the same code traces with 0.6 and main. Every size the graph depends on
 (padding, anchor grids, BFP's gather/scatter sizes, RoI levels, clipping) is computed from
 the input's shape at run time: the trace generalises to other input sizes, which
-``tests/test_export.py`` checks against the eager model on sizes whose pyramid levels are
+``tests/export/test_export.py`` checks against the eager model on sizes whose pyramid levels are
 not multiples of each other.
 """
 import contextlib
@@ -269,7 +269,7 @@ def compile_aoti(program, path: str) -> str:
     """AOTInductor: compile an ``ExportedProgram`` (:func:`export_program`) into a package
     at ``path`` (``.pt2``) for the program's device; load it with
     ``torch._inductor.aoti_load_package(path)`` (torch and torchvision only). Slow: minutes
-    on a 2-core CPU.
+    on a small CPU.
 
     A program with a convolution over a data-dependent batch (Mask R-CNN's mask head runs
     over the detections) is compiled without Inductor's layout optimisation: with it, torch

@@ -9,13 +9,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.mark.parametrize("tool", ["predict.py", "plot_sampling.py", "convert_mmdet_checkpoint.py", "convert_torchvision_backbone.py"])
-def test_help(tool):
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", tool), "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "usage" in out.stdout.lower()
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def to_reference_name(k, arch):

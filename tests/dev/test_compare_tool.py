@@ -99,7 +99,7 @@ def test_an_interpreter_without_mmdetection_is_named(tmp_path):
 
 
 def test_the_reference_side_imports_nothing_of_libra_d2_or_detectron2():
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dev", "reference", "mmdet_reference_side.py")
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "dev", "reference", "mmdet_reference_side.py")
     src = open(path).read()
     assert "libra_d2" not in src.replace("libra-d2", "") and "detectron2" not in src
 

@@ -13,7 +13,7 @@ from libra_d2.config import LibraConfigError
 from libra_d2.modeling.backbone import BFPBackbone
 from libra_d2.modeling.bfp import BFP
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class _Levels(Backbone):

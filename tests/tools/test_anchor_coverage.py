@@ -11,7 +11,7 @@ from detectron2.structures import BoxMode
 
 from libra_d2.analysis.anchor_coverage import anchor_coverage, summarize_coverage
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def image(boxes, h=64, w=64):

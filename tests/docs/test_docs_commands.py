@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 YACS_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 LAZY_OVERRIDE = re.compile(r"^([a-z_][\w]*(?:\.[\w]+)+)=")
 
@@ -72,12 +72,7 @@ def _has_lazy_node(config_file, dotted):
         if part not in node:
             return False
         node = node[part]
-    return parts[-1] in node or hasattr(node, "keys")  # a new leaf of an existing node is allowed
-
-
-def test_the_docs_show_commands():
-    files = {f for f, _ in COMMANDS}
-    assert "README.md" in files and len(COMMANDS) >= 20, COMMANDS
+    return parts[-1] in node
 
 
 @pytest.mark.parametrize("doc,command", COMMANDS, ids=[f"{f}:{c[:60]}" for f, c in COMMANDS])

@@ -13,7 +13,7 @@ from detectron2.modeling import build_model
 
 from libra_d2.utils.convert import resnet_key_to_d2
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = sorted(os.path.relpath(p, os.path.join(ROOT, "configs")) for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
 
 

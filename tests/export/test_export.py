@@ -11,7 +11,7 @@ from detectron2.modeling import build_model
 
 from libra_d2.export.exporters import ExportableDetector, compare_detections, example_image, export_onnx, export_program, size_bounds, trace_detector
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRACE_SIZE = (192, 256)
 # padded to 32: 192x224, 224x288, 256x320 -> P5 6x7, 7x9, 8x10; P6 3x4, 4x5, 4x5 (odd sizes,
 # levels that are not exact multiples of each other)

@@ -9,7 +9,7 @@ from detectron2.config import get_cfg
 import libra_d2
 from libra_d2.config import TRAINER_KEYS, add_libra_trainer_config, get_libra_cfg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILTIN = os.path.join(ROOT, "configs/builtin/libra_rcnn_R_18_FPN_cpu.yaml")
 
 
