@@ -46,7 +46,7 @@ from dev.records.ablation import (  # noqa: E402
     report_markdown,
     run_status,
 )
-from dev.records.run_record import end_segment, start_segment  # noqa: E402
+from dev.records.run_record import collect_outputs, end_segment, start_segment  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -216,6 +216,10 @@ def run_one(args, v, seed, tag, only, env):
             print(f"{tag} FAILED ({run['error']})", flush=True)
         status = run_status(out)
     if status == "done":
+        # the raw outputs beside the record (what its figures are recomputed from)
+        outputs = os.path.join(args.output_dir, "outputs", f"{v.name}_seed{seed}")
+        if collect_outputs(out, outputs):
+            run["outputs"] = os.path.relpath(outputs, args.output_dir)
         if os.path.isfile(os.path.join(out, RUN_INFO)):
             with open(os.path.join(out, RUN_INFO)) as f:
                 info = json.load(f)

@@ -69,3 +69,68 @@ def end_segment(out, seconds):
     rec["seconds"] = round(sum(s.get("seconds") or 0.0 for s in rec["segments"]), 1)
     _write(out, rec)
     return rec
+
+
+# a run's raw outputs, kept beside its record: what its figures can be recomputed from
+OUTPUT_FILES = ("eval_results.json", "metrics_last.json", "coco_instances_results.json.gz")
+
+
+def collect_outputs(run_dir, dest):
+    """Copy a finished run's raw outputs from ``run_dir`` into ``dest``: its
+    ``eval_results.json``, the last line of its ``metrics.json`` (``metrics_last.json``) and
+    its detections on the val set (detectron2's ``inference/<dataset>/coco_instances_results.json``,
+    gzipped; with several test sets, the first by name). Returns the names written; a missing
+    source is skipped (and not listed)."""
+    import glob
+    import gzip
+    import shutil
+
+    os.makedirs(dest, exist_ok=True)
+    written = []
+    src = os.path.join(run_dir, "eval_results.json")
+    if os.path.isfile(src):
+        shutil.copyfile(src, os.path.join(dest, "eval_results.json"))
+        written.append("eval_results.json")
+    src = os.path.join(run_dir, "metrics.json")
+    if os.path.isfile(src):
+        with open(src) as f:
+            lines = [line for line in f if line.strip()]
+        if lines:
+            with open(os.path.join(dest, "metrics_last.json"), "w") as f:
+                f.write(lines[-1].strip() + "\n")
+            written.append("metrics_last.json")
+    found = sorted(glob.glob(os.path.join(run_dir, "inference", "*", "coco_instances_results.json")))
+    found += sorted(glob.glob(os.path.join(run_dir, "inference", "coco_instances_results.json")))
+    if found:
+        src = found[0]
+        with open(src, "rb") as f_in, gzip.GzipFile(os.path.join(dest, "coco_instances_results.json.gz"), "wb",
+                                                    mtime=0) as f_out:
+            shutil.copyfileobj(f_in, f_out)
+        written.append("coco_instances_results.json.gz")
+    return written
+
+
+def recompute_box_ap(outputs_dir, gt_json, image_ids=None):
+    """Box AP (x100, COCO's) of the detections in ``outputs_dir`` against ``gt_json``,
+    with pycocotools, over ``image_ids`` (default: every image of ``gt_json``, as
+    detectron2's ``COCOEvaluator.evaluate()`` scores them)."""
+    import contextlib
+    import gzip
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with gzip.open(os.path.join(outputs_dir, "coco_instances_results.json.gz"), "rt") as f:
+        dets = json.load(f)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(gt_json)
+        if not dets:
+            return 0.0
+        ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+        if image_ids is not None:
+            ev.params.imgIds = sorted(image_ids)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return float(ev.stats[0] * 100)

@@ -31,8 +31,9 @@ def register_libra_shapes(root=None):
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     entries = [(f"libra_shapes_{s}", s, None, False, False) for s in SPLITS]
-    # the first MINI_VAL_IMAGES val images, for quick checks (COCOEvaluator scores only
-    # the images it saw, so the full val json serves as ground truth)
+    # the first MINI_VAL_IMAGES val images, for quick checks only: the full val json is its
+    # ground truth and COCOEvaluator scores every image of that json, so the objects of the
+    # images it did not see count as missed (its AP is not comparable with the full set's)
     entries.append(("libra_shapes_val_mini", "val", MINI_VAL_IMAGES, False, False))
     entries += [(f"libra_shapes_mixed_{s}", s, None, True, False) for s in SPLITS]
     entries += [(f"libra_shapes_segm_{s}", s, None, False, True) for s in SPLITS]

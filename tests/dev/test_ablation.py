@@ -258,3 +258,24 @@ def test_sampling_and_rpn_presets_report_proposal_recall_from_finished_runs(tmp_
     assert "not proven equivalent" in report["differences"]["libra_rpn"]["unpaired"]["2"]
     md = (out / "ablation.md").read_text()
     assert "COCO proposal recall" in md and "ΔAR@100" in md
+
+
+def test_each_run_keeps_its_raw_outputs_and_its_ap_recomputes_from_them(shapes_root, tmp_path):
+    """One real 4-iteration run through dev/ablate.py: the record points at the run's own
+    eval_results.json, last metrics line and gzipped detections, and pycocotools on those
+    detections against the generated val annotations gives the record's AP."""
+    from dev.records.run_record import OUTPUT_FILES, recompute_box_ap
+
+    out = str(tmp_path / "abl")
+    _ablate(shapes_root, out, "--only", "baseline")
+    with open(os.path.join(out, "ablation.json")) as f:
+        run = next(r for r in json.load(f)["runs"] if r["name"] == "baseline")
+    outputs = os.path.join(out, run["outputs"])
+    assert sorted(os.listdir(outputs)) == sorted(OUTPUT_FILES)
+    gt = os.path.join(shapes_root, "libra_shapes", "annotations", "instances_val.json")
+    ap = recompute_box_ap(outputs, gt)  # over every image of the json, as COCOEvaluator scores
+    assert abs(ap - run["metrics"]["AP"]) < 1e-6
+    # the check can fail: a record whose AP was edited no longer recomputes
+    assert abs(ap - (run["metrics"]["AP"] + 0.5)) > 0.1
+    seg = run["provenance"]["segments"]
+    assert len(seg) == 1 and not run["provenance"]["mixed"] and seg[0]["seconds"] > 0
