@@ -1,8 +1,6 @@
 """tools/: demo, sampling plot, reference checkpoint converter, torchvision backbone converter."""
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
