@@ -178,6 +178,9 @@ def main():
     ap.add_argument("--constraints", help="pip constraints file to respect")
     ap.add_argument("--wheel-dir", help="build a wheel into this folder instead of installing (see above)")
     ap.add_argument("--workdir", default=None, help="where to keep the unpacked sources")
+    ap.add_argument("--unpinned", action="store_true",
+                    help="leave numpy and Pillow unpinned (Python >= 3.12 has no wheels of numpy < 1.24 or Pillow < 10); "
+                         "implied by --wheel-dir")
     args = ap.parse_args()
     workdir = args.workdir or tempfile.mkdtemp()
     os.makedirs(workdir, exist_ok=True)
@@ -195,7 +198,7 @@ def main():
     with open(os.path.join(src, "detectron2", "evaluation", "fast_eval_api.py"), "a") as f:
         f.write(FAST_EVAL_FALLBACK)
     requires = REQUIRES
-    if args.wheel_dir:
+    if args.wheel_dir or args.unpinned:
         requires = [r for r in REQUIRES if not r.startswith(("numpy", "Pillow"))] + ["numpy", "Pillow"]
         print("[setup]   for newer numpy / Pillow: " + ", ".join(for_newer_deps(src)))
     with open(os.path.join(src, "setup.py"), "w") as f:

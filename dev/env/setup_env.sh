@@ -91,10 +91,19 @@ else
   else
     say "detectron2: not importable; building the Python part of detectron2 0.6 from the PyPI sdist pb1-detectron2==0.6"
   fi
-  say "  (pins numpy<1.24, Pillow<10, setuptools<82 in this venv: detectron2 0.6 needs them)"
-  printf 'numpy<1.24\nPillow<10\nsetuptools<82\n' > "$CONSTRAINTS"
-  $PIP install -c "$CONSTRAINTS" "numpy<1.24" "Pillow<10" "setuptools>=64,<82" wheel
-  "$PY" dev/env/install_detectron2.py --constraints "$CONSTRAINTS" --workdir "$VENV/src"
+  if "$PY" -c "import sys; sys.exit(sys.version_info < (3, 12))"; then
+    # Python >= 3.12 has no wheels of numpy < 1.24 or Pillow < 10: detectron2 0.6 with the
+    # names those releases removed replaced by their equivalents (as for the GPU check)
+    say "  (Python >= 3.12: numpy and Pillow unpinned, detectron2 0.6 adapted to them; pins setuptools<82)"
+    printf 'setuptools<82\n' > "$CONSTRAINTS"
+    $PIP install -c "$CONSTRAINTS" "setuptools>=64,<82" wheel
+    "$PY" dev/env/install_detectron2.py --constraints "$CONSTRAINTS" --workdir "$VENV/src" --unpinned
+  else
+    say "  (pins numpy<1.24, Pillow<10, setuptools<82 in this venv: detectron2 0.6 needs them)"
+    printf 'numpy<1.24\nPillow<10\nsetuptools<82\n' > "$CONSTRAINTS"
+    $PIP install -c "$CONSTRAINTS" "numpy<1.24" "Pillow<10" "setuptools>=64,<82" wheel
+    "$PY" dev/env/install_detectron2.py --constraints "$CONSTRAINTS" --workdir "$VENV/src"
+  fi
   echo "$INSTALLER_ID" > "$INSTALLER_RECORD"
 fi
 
