@@ -90,3 +90,28 @@ def test_registered_through_detectron2(shapes_root):
     assert MetadataCatalog.get("libra_shapes_val").thing_classes == shapes.CLASSES
     assert len(DatasetCatalog.get("libra_shapes_val_mini")) == 24
     assert all(0 <= a["category_id"] < 4 for d in dicts for a in d["annotations"])
+
+
+def test_generate_once_runs_the_generator_once_across_concurrent_callers(tmp_path):
+    import threading
+    import time
+
+    from libra_d2.data.atomic import generate_once
+
+    path = str(tmp_path / "set")
+    calls = []
+
+    def generate():
+        calls.append(1)
+        time.sleep(0.5)  # the second caller arrives while this one holds the lock
+        os.makedirs(path)
+
+    threads = [threading.Thread(target=generate_once, args=(path, lambda: os.path.isdir(path), generate))
+               for _ in range(2)]
+    threads[0].start()
+    time.sleep(0.1)
+    threads[1].start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and os.path.isdir(path)
+    assert generate_once(path, lambda: True, generate) == path and len(calls) == 1
